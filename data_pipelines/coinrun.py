@@ -1,0 +1,168 @@
+"""Record Procgen CoinRun with a random policy (Genie App. F) into the genie dataset format.
+
+Hard mode, 64×64 RGB, 15 actions sampled uniformly and independently every step (no action repeats),
+several environments stepped in parallel through one gym3 vector env.
+
+Episode boundaries follow gym3's auto-reset exactly: after `act(a)`, `observe()` returns the reward
+for `a` and a `first` flag; when `first` is set, the observation already belongs to the *next* episode
+and the frame we acted on was the last frame of the finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import DEFAULT_CHUNK_LEN, DatasetWriter, Episode
+
+NUM_ACTIONS = 15
+# Procgen's combo list for CoinRun: index → buttons. Indices 9..14 press buttons CoinRun ignores
+# ("D", "A", "W", "S", "Q", "E" act as no-ops), so they have the same effect as 4 (no-op).
+ACTION_NAMES = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP",
+                "D", "A", "W", "S", "Q", "E"]
+# Actions with the same effect in CoinRun merged into 9 classes: 0-8 as above, 9-14 → 4 (no-op).
+MERGED_ACTION = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4], dtype=np.int64)
+
+
+def split_of_seed(level_seed: int, val_fraction: float, test_fraction: float) -> str:
+    """Deterministic split of a level seed: a level never appears in two splits."""
+    h = int.from_bytes(hashlib.sha256(f"level-{level_seed}".encode()).digest()[:8], "little") / 2**64
+    if h < test_fraction:
+        return "test"
+    if h < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _import_procgen():
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from procgen import ProcgenGym3Env
+    except ImportError:
+        raise GenieInputError(
+            "CoinRun recording needs the optional procgen package: pip install 'genie-world-model[coinrun]'"
+        ) from None
+    return ProcgenGym3Env
+
+
+def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int = 0, seed: int = 0,
+                    max_steps: int = 1000, num_envs: int = 16, distribution_mode: str = "hard",
+                    progress: bool = True):
+    """Yield `num_episodes` whole CoinRun episodes (an `Episode` each), deterministic in `seed`.
+
+    Env i keeps its own first episodes, up to a fixed quota, so the sample is not biased toward short
+    episodes (taking the first N to finish across envs would be). Episodes longer than `max_steps` frames
+    are cut to `max_steps` frames (dones stays False: the environment did not end them).
+    """
+    if num_episodes < 1:
+        raise GenieInputError(f"--episodes must be >= 1, got {num_episodes}")
+    if max_steps < 2:
+        raise GenieInputError(f"--max-steps must be >= 2, got {max_steps}")
+    if start_level < 0 or num_levels < 0:
+        raise GenieInputError("--start-level and --num-levels must be >= 0")
+    ProcgenGym3Env = _import_procgen()
+    num_envs = max(1, min(num_envs, num_episodes))
+    quota = [num_episodes // num_envs + (1 if i < num_episodes % num_envs else 0) for i in range(num_envs)]
+    env = ProcgenGym3Env(num=num_envs, env_name="coinrun", distribution_mode=distribution_mode,
+                         start_level=start_level, num_levels=num_levels, rand_seed=seed)
+    rng = np.random.default_rng(seed)
+    done_count = [0] * num_envs
+    cur: list[dict] = [dict(frames=[], actions=[], rewards=[], seed=None, cut=False) for _ in range(num_envs)]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_episodes, unit="ep", desc="recording CoinRun", dynamic_ncols=True, mininterval=0.5)
+    t0, frames_kept = time.perf_counter(), 0
+
+    _, ob, first = env.observe()
+    infos = env.get_info()
+    for i in range(num_envs):
+        cur[i]["seed"] = int(infos[i]["level_seed"])
+    while min(d - q for d, q in zip(done_count, quota)) < 0:
+        obs = ob["rgb"]
+        actions = rng.integers(0, NUM_ACTIONS, size=num_envs)
+        for i in range(num_envs):
+            c = cur[i]
+            if done_count[i] < quota[i] and not c["cut"]:
+                c["frames"].append(obs[i].copy())
+                c["actions"].append(int(actions[i]))
+        env.act(actions.astype(np.int32))
+        rew, ob, first = env.observe()
+        infos = env.get_info()
+        for i in range(num_envs):
+            c = cur[i]
+            if done_count[i] < quota[i] and not c["cut"]:
+                c["rewards"].append(float(rew[i]))
+                if len(c["frames"]) >= max_steps and not first[i]:
+                    c["cut"] = True  # keep max_steps frames; drop the rest of this episode
+                    yield _episode(c, ended=False)
+                    frames_kept += len(c["frames"])
+                    done_count[i] += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(fps=f"{frames_kept / (time.perf_counter() - t0):.0f}")
+            if first[i]:
+                if done_count[i] < quota[i] and not c["cut"]:
+                    yield _episode(c, ended=True)
+                    frames_kept += len(c["frames"])
+                    done_count[i] += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(fps=f"{frames_kept / (time.perf_counter() - t0):.0f}")
+                cur[i] = dict(frames=[], actions=[], rewards=[], seed=int(infos[i]["level_seed"]), cut=False)
+    if bar is not None:
+        bar.close()
+    env.close() if hasattr(env, "close") else None
+
+
+def _episode(c: dict, ended: bool) -> Episode:
+    n = len(c["frames"])
+    dones = np.zeros(n, bool)
+    dones[-1] = ended
+    return Episode(frames=np.stack(c["frames"]), actions=np.asarray(c["actions"], np.int16),
+                   rewards=np.asarray(c["rewards"], np.float32), dones=dones, level_seed=c["seed"])
+
+
+def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, num_levels: int = 0,
+                   seed: int = 0, max_steps: int = 1000, num_envs: int = 16, split: str = "auto",
+                   val_fraction: float = 0.05, test_fraction: float = 0.05, overwrite: bool = False,
+                   chunk_len: int = DEFAULT_CHUNK_LEN, parquet: bool = False, progress: bool = True) -> dict:
+    """Record CoinRun episodes into a dataset folder at `out`; returns a summary dict."""
+    if split not in ("auto", "train", "val", "test"):
+        raise GenieInputError(f"--split must be auto, train, val or test, got {split!r}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise GenieInputError("--val-fraction and --test-fraction must be in [0,1) and sum below 1")
+    card = {
+        "source": "coinrun",
+        "num_actions": NUM_ACTIONS,
+        "action_names": ACTION_NAMES,
+        "merged_action": MERGED_ACTION.tolist(),
+        "recipe": {
+            "env": "procgen coinrun", "distribution_mode": "hard", "policy": "uniform random, no action repeats",
+            "episodes": num_episodes, "start_level": start_level, "num_levels": num_levels, "seed": seed,
+            "max_steps": max_steps, "num_envs": num_envs, "split": split,
+            "val_fraction": val_fraction, "test_fraction": test_fraction,
+        },
+        "split_key": "level_seed",
+    }
+    t0 = time.perf_counter()
+    frames = 0
+    with DatasetWriter(out, overwrite=overwrite, chunk_len=chunk_len, card=card, parquet=parquet) as w:
+        for ep in record_episodes(num_episodes, start_level=start_level, num_levels=num_levels, seed=seed,
+                                  max_steps=max_steps, num_envs=num_envs, progress=progress):
+            s = split if split != "auto" else split_of_seed(ep.level_seed, val_fraction, test_fraction)
+            w.add_episode(ep, s)
+            frames += len(ep)
+        path = w.close()
+    dt = time.perf_counter() - t0
+    return {"path": str(path), "episodes": num_episodes, "frames": frames, "seconds": dt, "frames_per_s": frames / dt,
+            "splits": {s: w.stats[s]["episodes"] for s in w.stats if w.stats[s]["episodes"]}}

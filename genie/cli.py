@@ -1,0 +1,119 @@
+"""The `genie` command (also `python -m genie`).
+
+Subcommands (DESIGN §5): `data coinrun|import|info`, and the later stages as they land. Bad input
+raises GenieInputError anywhere below; it is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from data_pipelines.errors import GenieInputError
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _cmd_coinrun(a: argparse.Namespace) -> None:
+    from data_pipelines.coinrun import record_coinrun
+
+    s = record_coinrun(a.out, a.episodes, start_level=a.start_level, num_levels=a.num_levels, seed=a.seed,
+                       max_steps=a.max_steps, num_envs=a.num_envs, split=a.split, val_fraction=a.val_fraction,
+                       test_fraction=a.test_fraction, overwrite=a.overwrite, chunk_len=a.chunk_len,
+                       parquet=a.parquet, progress=not a.quiet)
+    splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
+    print(f"recorded {s['episodes']} episodes, {s['frames']} frames in {s['seconds']:.1f} s "
+          f"({s['frames_per_s']:.0f} frames/s) → {s['path']} [{splits}]")
+
+
+def _cmd_import(a: argparse.Namespace) -> None:
+    from data_pipelines.importing import import_videos
+
+    s = import_videos(a.videos, a.out, resolution=a.resolution, val_fraction=a.val_fraction,
+                      test_fraction=a.test_fraction, overwrite=a.overwrite, chunk_len=a.chunk_len,
+                      parquet=a.parquet, progress=not a.quiet)
+    splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
+    print(f"imported {s['imported']} videos, {s['frames']} frames in {s['seconds']:.1f} s → {s['path']} [{splits}]; "
+          f"skipped {len(s['skipped'])} unreadable"
+          + (f" ({', '.join(r for r, _ in s['skipped'])})" if s["skipped"] else "")
+          + f"; ignored {len(s['ignored_non_video'])} non-video files")
+
+
+def _cmd_info(a: argparse.Namespace) -> None:
+    from data_pipelines.storage import info
+
+    d = info(a.dir)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"{d['path']}  ({d['source']})")
+    print(f"  episodes {d['episodes']}, frames {d['frames']}, resolution {d['resolution'][0]}×{d['resolution'][1]}×{d['channels']}")
+    print(f"  actions: " + (f"yes, {d['num_actions']} ids" if d["has_actions"] else "none (unlabeled video)"))
+    for s, st in d["splits"].items():
+        extra = f", {st['num_level_seeds']} levels" if st["num_level_seeds"] else ""
+        print(f"  {s:5s}: {st['episodes']} episodes, {st['frames']} frames{extra}")
+    per = d["bytes_per_million_frames"]
+    print(f"  size on disk {_human_bytes(d['size_bytes'])}" + (f" ({_human_bytes(per)} per million frames)" if per else "")
+          + (f", {d['parquet_shards']} Parquet shards" if d["parquet_shards"] else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="record, import and inspect video datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    def common_out(q):
+        q.add_argument("--out", required=True, help="dataset folder to create")
+        q.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+        q.add_argument("--val-fraction", type=float, default=0.05, help="share of levels/files held out for validation")
+        q.add_argument("--test-fraction", type=float, default=0.05, help="share of levels/files held out for test")
+        q.add_argument("--chunk-len", type=int, default=64, help="frames per stored row")
+        q.add_argument("--parquet", action="store_true", help="also write Parquet shards (for streaming)")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = dsub.add_parser("coinrun", help="record Procgen CoinRun (hard, random policy, 64×64)")
+    c.add_argument("--episodes", type=int, required=True, help="episodes to record")
+    c.add_argument("--start-level", type=int, default=0, help="first level seed")
+    c.add_argument("--num-levels", type=int, default=0, help="number of levels (0 = unlimited)")
+    c.add_argument("--seed", type=int, default=0, help="seeds the environments and the random policy")
+    c.add_argument("--max-steps", type=int, default=1000, help="cut episodes to at most this many frames")
+    c.add_argument("--num-envs", type=int, default=16, help="environments stepped in parallel")
+    c.add_argument("--split", default="auto", choices=["auto", "train", "val", "test"],
+                   help="auto: by level seed hash; or put every episode in one split (e.g. held-out levels)")
+    common_out(c)
+    c.set_defaults(func=_cmd_coinrun)
+
+    i = dsub.add_parser("import", help="import a folder of mp4/webm/avi/mkv files (recursively)")
+    i.add_argument("--videos", required=True, help="folder of video files")
+    i.add_argument("--resolution", type=int, default=64, help="square frame size after centre crop + resize")
+    common_out(i)
+    i.set_defaults(func=_cmd_import)
+
+    f = dsub.add_parser("info", help="episodes, frames, resolution, actions, splits, size on disk")
+    f.add_argument("dir", help="dataset folder")
+    f.add_argument("--json", action="store_true", help="print JSON")
+    f.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except GenieInputError as e:
+        print(f"genie: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("genie: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,142 @@
+"""`genie data import|info|coinrun` from the command line: frame-exact import and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from data_pipelines.clips import ClipDataset, VideoFolderClipDataset, video_to_frames
+from data_pipelines.importing import import_videos
+from data_pipelines.video import _decode_pyav, resize_frames
+from tests.conftest import ROOT, run_genie, smooth_frames, stderr_line, write_video
+
+
+@pytest.fixture
+def video_dir(tmp_path):
+    d = tmp_path / "videos"
+    (d / "sub").mkdir(parents=True)
+    write_video(d / "a.mp4", smooth_frames(12, 64, 64, seed=0))
+    write_video(d / "sub" / "b.mkv", smooth_frames(9, 48, 80, seed=1), codec="ffv1", pix_fmt="bgr0")
+    write_video(d / "c.avi", smooth_frames(7, 64, 64, seed=2), codec="mjpeg", pix_fmt="yuvj420p")
+    return d
+
+
+def test_import_is_frame_exact_against_pyav(video_dir, tmp_path):
+    s = import_videos(video_dir, tmp_path / "ds", resolution=64, val_fraction=0, test_fraction=0, progress=False)
+    assert s["imported"] == 3 and not s["skipped"]
+    ds = ClipDataset(tmp_path / "ds", "train", clip_len=2)
+    by_source = {}
+    for e in range(ds.num_episodes):
+        src = ds._ds.data.table.column("source")[int(np.flatnonzero(ds._ds.data.table.column("episode_id").to_numpy() == ds._eids[e])[0])].as_py()
+        by_source[src] = ds.episode_frames(e)
+    assert set(by_source) == {"a.mp4", "sub/b.mkv", "c.avi"}
+    for rel, frames in by_source.items():
+        ref = resize_frames(_decode_pyav(video_dir / rel), 64)
+        assert np.array_equal(frames, ref), rel
+    # the lossless file is also exact against its source pixels (centre crop 48×48 → 64×64 aside)
+    assert by_source["a.mp4"].shape == (12, 64, 64, 3)
+    assert not ds.has_actions and "actions" not in ds[0]
+
+
+def test_video_folder_source_matches_import(video_dir, tmp_path):
+    import_videos(video_dir, tmp_path / "ds", resolution=64, val_fraction=0, test_fraction=0, progress=False)
+    direct = VideoFolderClipDataset(video_dir, "train", clip_len=3, resolution=64, val_fraction=0, test_fraction=0)
+    imported = ClipDataset(tmp_path / "ds", "train", clip_len=3)
+    assert len(direct) == len(imported) == (12 - 2) + (9 - 2) + (7 - 2)
+    a = sorted(video_to_frames(direct[i]["video"]).tobytes() for i in range(len(direct)))
+    b = sorted(video_to_frames(imported[i]["video"]).tobytes() for i in range(len(imported)))
+    assert a == b
+
+
+def test_import_skips_and_names_bad_files(video_dir, tmp_path):
+    good = (video_dir / "a.mp4").read_bytes()
+    (video_dir / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (video_dir / "corrupt.mp4").write_bytes(os.urandom(5000))
+    (video_dir / "empty.webm").write_bytes(b"")
+    (video_dir / "notes.txt").write_text("not a video")
+    p = run_genie("data", "import", "--videos", video_dir, "--out", tmp_path / "ds", "--quiet",
+                  "--val-fraction", "0", "--test-fraction", "0")
+    assert p.returncode == 0, p.stderr
+    for name in ("truncated.mp4", "corrupt.mp4", "empty.webm"):
+        assert f"skipping {video_dir / name}" in p.stderr
+    assert "skipped 3 unreadable" in p.stdout and "ignored 1 non-video files" in p.stdout
+    card = json.loads((tmp_path / "ds" / "genie_dataset.json").read_text())
+    assert sorted(s["file"] for s in card["skipped"]) == ["corrupt.mp4", "empty.webm", "truncated.mp4"]
+    info = json.loads(run_genie("data", "info", tmp_path / "ds", "--json").stdout)
+    assert info["episodes"] == 3 and info["has_actions"] is False and info["resolution"] == [64, 64]
+
+
+@pytest.mark.parametrize("case", ["empty_dir", "missing_dir", "file_not_dir", "only_bad_videos", "no_videos"])
+def test_import_bad_folders_exit_2(tmp_path, case):
+    d = tmp_path / "in"
+    if case == "empty_dir":
+        d.mkdir()
+    elif case == "file_not_dir":
+        d.write_text("x")
+    elif case == "only_bad_videos":
+        d.mkdir()
+        (d / "x.mp4").write_bytes(b"\x00" * 100)
+    elif case == "no_videos":
+        d.mkdir()
+        (d / "readme.md").write_text("hi")
+    p = run_genie("data", "import", "--videos", d, "--out", tmp_path / "ds", "--quiet")
+    assert p.returncode == 2
+    line = stderr_line(p)
+    assert str(d) in line
+    assert not (tmp_path / "ds").exists()
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".ds")], "partial folder left behind"
+
+
+def test_out_not_empty_refused_unless_overwrite(video_dir, tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    p = run_genie("data", "import", "--videos", video_dir, "--out", out, "--quiet")
+    assert p.returncode == 2 and "--overwrite" in stderr_line(p) and (out / "keep.txt").exists()
+    p = run_genie("data", "import", "--videos", video_dir, "--out", out, "--quiet", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert not (out / "keep.txt").exists() and (out / "genie_dataset.json").exists()
+
+
+def test_info_on_foreign_folder_exit_2(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "dataset_info.json").write_text("{}")
+    p = run_genie("data", "info", tmp_path / "x")
+    assert p.returncode == 2 and "not a genie dataset" in stderr_line(p)
+    (tmp_path / "x" / "genie_dataset.json").write_text("{not json")
+    p = run_genie("data", "info", tmp_path / "x")
+    assert p.returncode == 2 and "unreadable dataset card" in stderr_line(p)
+
+
+def test_killed_recording_leaves_no_dataset(tmp_path):
+    """SIGKILL midway: the output folder must not exist (only a hidden .partial folder may)."""
+    import importlib.util
+
+    if importlib.util.find_spec("procgen") is None:
+        pytest.skip("procgen not installed")
+    out = tmp_path / "cr"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "genie", "data", "coinrun", "--out", str(out), "--episodes", "500",
+                          "--quiet"], env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(x.name.startswith(".cr.partial") and any(x.rglob("*.arrow"))
+                                             for x in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not out.exists()
+    p2 = run_genie("data", "info", out)
+    assert p2.returncode == 2
+
+
+def test_coinrun_bad_arguments_exit_2(tmp_path):
+    p = run_genie("data", "coinrun", "--out", tmp_path / "x", "--episodes", "0")
+    assert p.returncode == 2 and "--episodes" in stderr_line(p)
