@@ -1,0 +1,160 @@
+"""Configuration of the video tokenizer (ST-ViViT VQ-VAE, Genie §2.1) and its named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+QUANTIZERS = ("vq", "fsq")
+
+
+@dataclass
+class TokenizerConfig:
+    """Sizes of the video tokenizer. Defaults are the Genie CoinRun case study (App. F).
+
+    `codebook_size` is the number of token ids downstream stages see. With quantizer="fsq" it must
+    equal prod(fsq_levels) and the code dim is len(fsq_levels) (`code_dim` is then unused).
+    """
+
+    image_size: int = 64
+    channels: int = 3
+    patch_size: int = 4
+    width: int = 512
+    depth_encoder: int = 8
+    depth_decoder: int = 8
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    codebook_size: int = 1024
+    code_dim: int = 32
+    quantizer: str = "vq"
+    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+    num_frames: int = 16
+    dropout: float = 0.0
+    commitment_weight: float = 0.25
+    vq_decay: float = 0.8
+    kmeans_iters: int = 10
+    threshold_ema_dead_code: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.fsq_levels = tuple(int(level) for level in self.fsq_levels)
+        positive_ints = (
+            "image_size",
+            "channels",
+            "patch_size",
+            "width",
+            "depth_encoder",
+            "depth_decoder",
+            "num_heads",
+            "codebook_size",
+            "code_dim",
+            "num_frames",
+            "kmeans_iters",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+            )
+        if self.width % self.num_heads != 0:
+            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.commitment_weight < 0:
+            raise ValueError(f"commitment_weight must be >= 0, got {self.commitment_weight}")
+        if not 0.0 <= self.vq_decay < 1.0:
+            raise ValueError(f"vq_decay must be in [0, 1), got {self.vq_decay}")
+        if self.threshold_ema_dead_code < 0:
+            raise ValueError(f"threshold_ema_dead_code must be >= 0, got {self.threshold_ema_dead_code}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if not self.fsq_levels or any(level < 3 for level in self.fsq_levels):
+            # vector-quantize-pytorch's FSQ rejects 2 levels unless symmetry-preserving rounding is on.
+            raise ValueError(f"fsq_levels must be a non-empty list of integers >= 3, got {list(self.fsq_levels)}")
+        if self.quantizer == "fsq" and math.prod(self.fsq_levels) != self.codebook_size:
+            raise ValueError(
+                f"codebook_size ({self.codebook_size}) must equal the product of fsq_levels "
+                f"{list(self.fsq_levels)} = {math.prod(self.fsq_levels)} when quantizer='fsq'"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side of a frame, h = w = image_size / patch_size."""
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """n = h * w."""
+        return self.grid_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every field."""
+        data = dataclasses.asdict(self)
+        data["fsq_levels"] = list(self.fsq_levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TokenizerConfig key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TokenizerConfig:
+        """A named preset (see PRESETS), optionally with some fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown tokenizer preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny, for tests: 8x8 tokens of 8x8 pixels at 64x64 (also fine at image_size=32).
+    "debug": dict(
+        image_size=64,
+        patch_size=8,
+        width=32,
+        depth_encoder=1,
+        depth_decoder=1,
+        num_heads=2,
+        codebook_size=32,
+        code_dim=8,
+        fsq_levels=(8, 4),
+        num_frames=4,
+    ),
+    # Provisional size for training on 2 CPU cores; to be retuned by measurement.
+    "cpu": dict(
+        patch_size=4,
+        width=128,
+        depth_encoder=2,
+        depth_decoder=2,
+        num_heads=4,
+        codebook_size=1024,
+        code_dim=32,
+        num_frames=16,
+    ),
+    # Genie App. F, CoinRun case study: exactly the paper's sizes.
+    "coinrun-paper": dict(
+        image_size=64,
+        patch_size=4,
+        width=512,
+        depth_encoder=8,
+        depth_decoder=8,
+        num_heads=8,
+        codebook_size=1024,
+        code_dim=32,
+        num_frames=16,
+    ),
+}

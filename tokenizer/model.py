@@ -1,0 +1,157 @@
+"""Video tokenizer: ST-ViViT VQ-VAE (Genie §2.1).
+
+Frames are cut into p x p patches, an ST-transformer encoder (causal in time) maps them to one
+discrete token per patch, and an ST-transformer decoder (also causal in time) maps tokens back to
+pixels. Causality in both halves means the tokens and reconstruction of frame t depend only on
+frames <= t, which generation relies on (Genie §2.1, Fig. 5).
+
+Shape legend: b batch, t frames, c channels, H W pixels, p patch size, h w token grid,
+n flattened tokens (h*w), d width, v codebook size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from genie.nn import KVCache, QuantizerOutput, STTransformer, build_quantizer
+from tokenizer.config import TokenizerConfig
+
+
+@dataclass
+class TokenizerOutput:
+    recon: Tensor  # (b, t, c, H, W) reconstruction, targets in [-1, 1]
+    indices: Tensor  # (b, t, h, w) int64 token ids in [0, v)
+    quant_loss: Tensor  # () quantizer loss (VQ commitment; 0 for FSQ and in eval mode)
+
+
+class VideoTokenizer(nn.Module):
+    """ST-ViViT VQ-VAE over clips of up to `config.num_frames` frames."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, p, d = config.channels, config.patch_size, config.width
+        n = config.tokens_per_frame
+
+        self.patch_embed = nn.Linear(p * p * c, d)
+        self.encoder = STTransformer(
+            d,
+            config.depth_encoder,
+            config.num_heads,
+            num_tokens=n,
+            num_frames=config.num_frames,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+            causal=True,
+        )
+        # The quantizer projects d -> code dim, quantizes, and projects back to d (App. F: 32).
+        self.quantizer = build_quantizer(
+            config.quantizer,
+            d,
+            codebook_size=config.codebook_size,
+            code_dim=config.code_dim,
+            fsq_levels=config.fsq_levels,
+            commitment_weight=config.commitment_weight,
+            decay=config.vq_decay,
+            kmeans_iters=config.kmeans_iters,
+            threshold_ema_dead_code=config.threshold_ema_dead_code,
+        )
+        self.decoder = STTransformer(
+            d,
+            config.depth_decoder,
+            config.num_heads,
+            num_tokens=n,
+            num_frames=config.num_frames,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+            causal=True,
+        )
+        self.to_pixels = nn.Linear(d, p * p * c)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The two STTransformers initialise themselves (GPT-2 scheme, genie.nn.st_block); the
+        # quantizer keeps PyTorch's default for its projections and the library's k-means codebook.
+        nn.init.normal_(self.patch_embed.weight, std=0.02)
+        nn.init.zeros_(self.patch_embed.bias)
+        # Plain linear pixel head (no tanh): targets are in [-1, 1] and MSE handles the range.
+        nn.init.normal_(self.to_pixels.weight, std=0.02)
+        nn.init.zeros_(self.to_pixels.bias)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def _check_video(self, video: Tensor) -> None:
+        cfg = self.config
+        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        if video.ndim != 5 or tuple(video.shape[2:]) != expected:
+            raise ValueError(
+                f"video must be (b, t, c, H, W) with (c, H, W) = {expected}, got {tuple(video.shape)}"
+            )
+        self._check_frames(video.shape[1])
+
+    def _check_ids(self, ids: Tensor) -> None:
+        g = self.config.grid_size
+        if ids.ndim != 4 or tuple(ids.shape[2:]) != (g, g):
+            raise ValueError(f"token ids must be (b, t, h, w) with (h, w) = ({g}, {g}), got {tuple(ids.shape)}")
+        if ids.is_floating_point():
+            raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
+        self._check_frames(ids.shape[1])
+
+    def _check_frames(self, t: int) -> None:
+        if not 1 <= t <= self.config.num_frames:
+            raise ValueError(f"number of frames must be in [1, {self.config.num_frames}], got {t}")
+
+    # ---- model --------------------------------------------------------------------------------
+
+    def _encode(self, video: Tensor) -> QuantizerOutput:
+        p = self.config.patch_size
+        patches = rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
+        x = self.encoder(self.patch_embed(patches))  # (b, t, n, d)
+        return self.quantizer(x)
+
+    def _decode_tokens(
+        self, quantized: Tensor, cache: KVCache | None = None, return_cache: bool = False
+    ) -> Tensor | tuple[Tensor, KVCache]:
+        g, p = self.config.grid_size, self.config.patch_size
+        out = self.decoder(quantized, cache=cache, return_cache=return_cache)
+        x, new_cache = out if return_cache else (out, None)
+        pixels = rearrange(
+            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=g, p1=p, p2=p
+        )
+        return (pixels, new_cache) if return_cache else pixels
+
+    def forward(self, video: Tensor) -> TokenizerOutput:
+        """video (b, t, c, H, W) in [-1, 1], t <= num_frames -> TokenizerOutput."""
+        self._check_video(video)
+        q = self._encode(video)
+        recon = self._decode_tokens(q.quantized)
+        indices = rearrange(q.indices, "b t (h w) -> b t h w", h=self.config.grid_size)
+        return TokenizerOutput(recon=recon, indices=indices, quant_loss=q.loss)
+
+    def encode(self, video: Tensor) -> Tensor:
+        """video (b, t, c, H, W) in [-1, 1] -> token ids (b, t, h, w) int64."""
+        self._check_video(video)
+        indices = self._encode(video).indices
+        return rearrange(indices, "b t (h w) -> b t h w", h=self.config.grid_size)
+
+    def decode(
+        self, ids: Tensor, cache: KVCache | None = None, return_cache: bool = False
+    ) -> Tensor | tuple[Tensor, KVCache]:
+        """token ids (b, t, h, w) -> video (b, t, c, H, W).
+
+        In eval mode equals `forward(video).recon` for ids = `encode(video)`. For frame-by-frame
+        generation pass the decoder `cache` of earlier frames and only the new frames' ids; with
+        `return_cache=True` the result is (video, cache including the new frames).
+        """
+        self._check_ids(ids)
+        if cache is not None:
+            self._check_frames(cache.num_frames + ids.shape[1])
+        quantized = self.quantizer.indices_to_codes(rearrange(ids, "b t h w -> b t (h w)"))
+        return self._decode_tokens(quantized, cache=cache, return_cache=return_cache)
