@@ -2,7 +2,7 @@
 
 Every dataset yields dicts::
 
-    video      float32 (t, c, H, W) in [-1, 1]
+    video      float32 (t, c, H, W) in [-1, 1]   (token datasets: tokens int64 (t, h, w) instead)
     actions    int64 (t-1,)   only when the data has actions; actions[i] is taken between frames i and i+1
                               (with stride s > 1: the first of the s actions between clip frames i and i+1)
     episode_id int64, start int64   where the clip came from (frame index within its episode)
@@ -102,6 +102,8 @@ class ClipDataset(Dataset):
         self.card = read_card(path)
         self.has_actions = bool(self.card.get("has_actions"))
         self.frame_shape = (self.card["height"], self.card["width"], self.card["channels"])
+        self.dtype = np.dtype(self.card.get("dtype", "uint8"))
+        self.is_tokens = self.dtype == np.uint16
         self._open()
         self.index = _EpisodeIndex(self._lengths, clip_len, stride, f"{path}/{split}")
         self.subset = None if num_clips is None else self.index.fixed_subset(num_clips, seed)
@@ -114,7 +116,7 @@ class ClipDataset(Dataset):
                                   f"{', '.join(self.card.get('splits', {})) or 'none'})")
         table = ds.data.table
         self._ds = ds  # keeps the memory map alive
-        frame_bytes = int(np.prod(self.frame_shape))
+        frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         col = table.column("frames")
         bufs, row_buf, row_byte = [], [], []
         for chunk in col.chunks:
@@ -170,13 +172,13 @@ class ClipDataset(Dataset):
         g = self._ep_start[episode] + start + np.arange(self.clip_len) * self.stride
         fb, bufs, fbytes = self._frame_bytes, self._bufs, self._frame_byte
         frames = np.stack([bufs[b][o:o + fb] for b, o in zip(self._frame_buf[g], fbytes[g])])
-        return frames.reshape(self.clip_len, *self.frame_shape)
+        return frames.view(self.dtype).reshape(self.clip_len, *self.frame_shape)
 
     def episode_frames(self, episode: int) -> np.ndarray:
         g = self._ep_start[episode] + np.arange(self._lengths[episode])
         fb = self._frame_bytes
         frames = np.stack([self._bufs[b][o:o + fb] for b, o in zip(self._frame_buf[g], self._frame_byte[g])])
-        return frames.reshape(len(g), *self.frame_shape)
+        return frames.view(self.dtype).reshape(len(g), *self.frame_shape)
 
     def episode_actions(self, episode: int) -> np.ndarray | None:
         if self._actions is None:
@@ -185,8 +187,10 @@ class ClipDataset(Dataset):
         return self._actions[s:s + self._lengths[episode]]
 
     def item(self, episode: int, start: int) -> dict:
-        out = {"video": frames_to_video(self.clip_frames(episode, start)),
-               "episode_id": int(self._eids[episode]), "start": int(start)}
+        frames = self.clip_frames(episode, start)
+        out = {"tokens": torch.from_numpy(frames[..., 0].astype(np.int64))} if self.is_tokens else \
+            {"video": frames_to_video(frames)}
+        out.update(episode_id=int(self._eids[episode]), start=int(start))
         if self._actions is not None:
             g = self._ep_start[episode] + start + np.arange(self.clip_len - 1) * self.stride
             out["actions"] = torch.from_numpy(self._actions[g])

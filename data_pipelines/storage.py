@@ -14,7 +14,7 @@ Row schema (one per chunk of at most `chunk_len` consecutive frames of one episo
     offset      int32    index of the chunk's first frame within its episode
     num_frames  int32    frames in this chunk (n)
     height, width, channels  int32
-    frames      binary   raw uint8 bytes, layout (n, H, W, c), RGB
+    frames      binary   raw uint8 bytes, layout (n, H, W, c), RGB (token datasets: uint16 ids, (n, h, w, 1))
     actions     list<int16>  length n: actions[j] is the action taken at frame offset+j, i.e. *between*
                          frame offset+j and offset+j+1 (DESIGN §4). The episode's last frame carries the
                          action that ended the episode (it has no next frame in the episode). -1 = unknown.
@@ -44,6 +44,7 @@ import pyarrow as pa
 from data_pipelines.errors import GenieInputError
 
 FORMAT_NAME = "genie-video-dataset"
+TOKEN_FORMAT_NAME = "genie-token-dataset"  # same layout; `frames` holds uint16 token ids (n, h, w, 1)
 FORMAT_VERSION = 1
 CARD_NAME = "genie_dataset.json"
 SPLITS = ("train", "val", "test")
@@ -113,6 +114,7 @@ class DatasetWriter:
         self._next_episode_id = 0
         self.stats = {s: {"episodes": 0, "frames": 0, "level_seeds": set(), "sources": 0} for s in SPLITS}
         self.shape: tuple[int, int, int] | None = None
+        self.dtype: str | None = None
         self.has_actions: bool | None = None
         self._closed = False
 
@@ -139,8 +141,12 @@ class DatasetWriter:
         n = len(ep)
         if n == 0:
             raise ValueError("cannot store an empty episode")
-        if ep.frames.dtype != np.uint8 or ep.frames.ndim != 4:
-            raise ValueError(f"frames must be uint8 (n,H,W,c), got {ep.frames.dtype} {ep.frames.shape}")
+        if ep.frames.dtype not in (np.uint8, np.uint16) or ep.frames.ndim != 4:
+            raise ValueError(f"frames must be uint8 (n,H,W,c) or uint16 tokens (n,h,w,1), got {ep.frames.dtype} {ep.frames.shape}")
+        if self.dtype is None:
+            self.dtype = ep.frames.dtype.name
+        elif ep.frames.dtype.name != self.dtype:
+            raise ValueError(f"all episodes must share one dtype: {ep.frames.dtype} != {self.dtype}")
         shape = tuple(int(s) for s in ep.frames.shape[1:])
         if self.shape is None:
             self.shape = shape
@@ -208,7 +214,8 @@ class DatasetWriter:
                 if a < b and set(seeds[a]) & set(seeds[b]):
                     raise AssertionError(f"level seeds shared by {a} and {b}")
         card = {
-            "format": FORMAT_NAME,
+            "format": FORMAT_NAME if self.dtype == "uint8" else TOKEN_FORMAT_NAME,
+            "dtype": self.dtype,
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "chunk_len": self.chunk_len,
@@ -277,7 +284,7 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as e:
         raise GenieInputError(f"{card_path}: unreadable dataset card ({e})") from None
-    if not isinstance(card, dict) or card.get("format") not in (FORMAT_NAME, "genie-token-dataset"):
+    if not isinstance(card, dict) or card.get("format") not in (FORMAT_NAME, TOKEN_FORMAT_NAME):
         raise GenieInputError(f"{card_path}: not a genie dataset card (format={card.get('format') if isinstance(card, dict) else None!r})")
     if int(card.get("format_version", 0)) > FORMAT_VERSION:
         raise GenieInputError(f"{card_path}: format version {card.get('format_version')} is newer than this genie understands ({FORMAT_VERSION})")

@@ -64,6 +64,26 @@ def _cmd_info(a: argparse.Namespace) -> None:
           + (f", {d['parquet_shards']} Parquet shards" if d["parquet_shards"] else ""))
 
 
+def _cmd_train(a: argparse.Namespace) -> None:
+    from genie.training import run_train
+
+    run_train(a.stage, a.args)
+
+
+def _cmd_tokenize(a: argparse.Namespace) -> None:
+    from genie.tokenize import tokenize_dataset
+
+    s = tokenize_dataset(a.tokenizer, a.data, a.out, batch_size=a.batch_size, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from genie.training import export_checkpoint
+
+    out = export_checkpoint(a.stage, a.ckpt, a.out)
+    print(f"exported {a.stage} → {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,6 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("dir", help="dataset folder")
     f.add_argument("--json", action="store_true", help="print JSON")
     f.set_defaults(func=_cmd_info)
+
+    t = sub.add_parser("train", help="train a stage with LightningCLI: genie train STAGE --config YAML [overrides]",
+                       description="Train one stage (LightningCLI fit). Any LightningCLI option follows, e.g. "
+                                   "--trainer.max_steps 100, --data.data DIR, --ckpt_path last, "
+                                   "--trainer.devices 2 --trainer.strategy ddp. `genie train tokenizer --help` lists them.",
+                       add_help=False)
+    t.add_argument("stage", choices=["tokenizer", "lam", "dynamics"])
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    t.set_defaults(func=_cmd_train)
+
+    k = sub.add_parser("tokenize", help="pre-tokenise a dataset into uint16 token shards for the dynamics stage")
+    k.add_argument("--tokenizer", required=True, help="tokenizer export folder")
+    k.add_argument("--data", required=True, help="video dataset folder")
+    k.add_argument("--out", required=True, help="token dataset folder to create")
+    k.add_argument("--batch-size", type=int, default=16, help="windows encoded at once")
+    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=_cmd_tokenize)
+
+    x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
+    x.add_argument("stage", choices=["tokenizer", "lam", "dynamics"])
+    x.add_argument("--ckpt", required=True, help="Lightning checkpoint, e.g. runs/tokenizer-cpu/checkpoints/last.ckpt")
+    x.add_argument("--out", required=True, help="export folder")
+    x.set_defaults(func=_cmd_export)
     return p
 
 

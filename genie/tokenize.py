@@ -1,0 +1,89 @@
+"""`genie tokenize`: pre-tokenise a video dataset with a trained tokenizer into uint16 token shards.
+
+The output has the dataset layout of `data_pipelines.storage` with `frames` holding token ids
+(n, h, w, 1) uint16, the same episodes, splits, actions, rewards, done flags and level seeds, so the
+dynamics stage reads tokens with the same clip machinery and never re-encodes video.
+
+Episodes are encoded in consecutive windows of the tokenizer's `num_frames` frames (the tokenizer
+is causal, so each window's tokens depend on that window's frames up to each frame only).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_pipelines.clips import ClipDataset, frames_to_video
+from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, read_card
+from genie.export import load_export
+
+
+@torch.no_grad()
+def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 16,
+                     overwrite: bool = False, progress: bool = True) -> dict:
+    model = load_export(tokenizer_dir, "tokenizer")
+    cfg = model.config
+    card = read_card(data)
+    if card.get("dtype", "uint8") != "uint8":
+        raise GenieInputError(f"{data}: already a token dataset")
+    if (card["height"], card["width"], card["channels"]) != (cfg.image_size, cfg.image_size, cfg.channels):
+        raise GenieInputError(f"{data}: frames are {card['height']}×{card['width']}×{card['channels']} but the tokenizer "
+                              f"expects {cfg.image_size}×{cfg.image_size}×{cfg.channels}")
+    if cfg.codebook_size > 65536:
+        raise GenieInputError(f"{tokenizer_dir}: codebook of {cfg.codebook_size} does not fit uint16")
+    window = cfg.num_frames
+    splits = [s for s in SPLITS if s in card.get("splits", {})]
+    total = sum(card["splits"][s]["frames"] for s in splits)
+    new_card = {k: card[k] for k in ("source", "num_actions", "action_names", "merged_action", "split_key") if k in card}
+    new_card.update(tokenizer={"path": str(tokenizer_dir), "codebook_size": cfg.codebook_size, "grid": cfg.grid_size,
+                               "window": window}, source_dataset=str(data), vocab_size=cfg.codebook_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="frame", desc="tokenizing", dynamic_ncols=True, mininterval=0.5)
+    t0 = time.perf_counter()
+    with DatasetWriter(out, overwrite=overwrite, chunk_len=card.get("chunk_len", 64), card=new_card) as w:
+        for split in splits:
+            ds = ClipDataset(data, split, clip_len=1)
+            table = load_split(data, split).data.table
+            eid_col = table.column("episode_id").to_numpy()
+            for e in range(ds.num_episodes):
+                frames = ds.episode_frames(e)
+                n = len(frames)
+                ids = np.empty((n, cfg.grid_size, cfg.grid_size), np.uint16)
+                starts = list(range(0, n, window))
+                for i in range(0, len(starts), batch_size):
+                    group = starts[i:i + batch_size]
+                    full = [s for s in group if s + window <= n]
+                    if full:
+                        video = torch.stack([frames_to_video(frames[s:s + window]) for s in full])
+                        tok = model.encode(video).numpy().astype(np.uint16)
+                        for s, t in zip(full, tok):
+                            ids[s:s + window] = t
+                    for s in group:
+                        if s + window > n:  # the shorter last window
+                            ids[s:] = model.encode(frames_to_video(frames[s:])[None])[0].numpy().astype(np.uint16)
+                row = int(np.flatnonzero(eid_col == ds._eids[e])[0])
+                r = table.slice(row, 1).to_pylist()[0]
+                acts = ds.episode_actions(e)
+                rewards, dones = _episode_column(table, eid_col, ds._eids[e], "rewards"), _episode_column(table, eid_col, ds._eids[e], "dones")
+                w.add_episode(Episode(frames=ids[..., None], actions=acts if ds.has_actions else None, rewards=rewards,
+                                      dones=dones, level_seed=r["level_seed"], source=r["source"]), split)
+                if bar is not None:
+                    bar.update(n)
+        path = w.close()
+    if bar is not None:
+        bar.close()
+    dt = time.perf_counter() - t0
+    return {"path": str(path), "frames": total, "seconds": dt, "frames_per_s": total / dt if dt else 0.0}
+
+
+def _episode_column(table, eid_col, eid, name: str) -> np.ndarray:
+    rows = np.flatnonzero(eid_col == eid)
+    offs = table.column("offset").to_numpy()[rows]
+    return np.concatenate([np.asarray(table.column(name)[int(r)].as_py()) for r in rows[np.argsort(offs)]])

@@ -1,0 +1,144 @@
+"""Training machinery (shared by every stage), exercised on the tokenizer: CLI, YAMLs, resume, DDP, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import DatasetWriter
+from genie.export import load_export, save_export
+from tests.conftest import ROOT, coded_episode, run_genie, stderr_line
+from tokenizer.config import PRESETS, TokenizerConfig
+from tokenizer.model import VideoTokenizer
+
+CONFIGS = sorted((ROOT / "configs" / "tokenizer").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def video64(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "d64"
+    with DatasetWriter(out, chunk_len=16) as w:
+        for e in range(4):
+            w.add_episode(coded_episode(e, 24, h=64, w=64), "train")
+        w.add_episode(coded_episode(9, 24, h=64, w=64), "val")
+        w.close()
+    return out
+
+
+def _train(tmp_path, data, *extra, config="configs/tokenizer/debug.yaml"):
+    return run_genie("train", "tokenizer", "--config", config, "--data.data", data,
+                     "--trainer.default_root_dir", tmp_path / "run", "--trainer.enable_progress_bar", "false",
+                     *extra, timeout=300)
+
+
+def test_yaml_presets_match_the_python_presets():
+    names = {p.stem for p in CONFIGS}
+    assert names == set(PRESETS)
+    for p in CONFIGS:
+        cfg = yaml.safe_load(p.read_text())["model"]["config"]
+        assert TokenizerConfig.from_dict(cfg) == TokenizerConfig.preset(p.stem), p
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_every_yaml(tmp_path, video64, config):
+    p = _train(tmp_path, video64, "--trainer.fast_dev_run", "1", "--data.batch_size", "1", "--data.clip_len", "2",
+               "--data.num_workers", "0", "--trainer.precision", "32-true", config=config)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_train_resume_and_export(tmp_path, video64):
+    p = _train(tmp_path, video64, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 6
+    first = load_export(run / "export", "tokenizer")
+    # resume from last.ckpt: the step count continues from 6, it does not restart
+    p = _train(tmp_path, video64, "--trainer.max_steps", "10", "--trainer.val_check_interval", "3", "--ckpt_path", "last")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 10
+    logs = sorted((run / "csv").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    steps = {int(r["step"]) for r in csv.DictReader(open(logs[1])) if r.get("train/loss")}
+    assert steps and min(steps) >= 6
+    second = load_export(run / "export", "tokenizer")
+    x = torch.rand(1, 4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert not torch.equal(first(x).recon, second(x).recon)
+    # validation wrote PSNR/SSIM, codebook usage and a reconstruction image
+    keys = set(next(csv.DictReader(open(logs[0]))).keys())
+    assert {"val/psnr", "val/ssim", "val/codebook_usage", "val/perplexity"} <= keys
+    assert list(run.glob("tensorboard/version_*/images/recon_step*.png"))
+
+
+def test_two_process_ddp(tmp_path, video64):
+    p = _train(tmp_path, video64, "--trainer.max_steps", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "export" / "genie_export.json").read_text())["global_step"] == 3
+    assert "distributed_backend=gloo" in p.stderr + p.stdout or "world_size=2" in p.stderr + p.stdout or \
+        "GLOBAL_RANK: 1" in p.stderr + p.stdout
+
+
+def test_export_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = VideoTokenizer(TokenizerConfig.preset("debug"))
+    x = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    model.train()
+    model(x)  # k-means init and one EMA update, so buffers differ from a fresh model
+    model.eval()
+    save_export(model, tmp_path / "exp", "tokenizer")
+    loaded = load_export(tmp_path / "exp", "tokenizer")
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.json", "model.safetensors"]
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert torch.equal(a.recon, b.recon) and torch.equal(a.indices, b.indices)
+    assert torch.equal(model.encode(x), loaded.encode(x))
+
+
+def test_corrupt_export_folder_is_a_clear_error(tmp_path):
+    model = VideoTokenizer(TokenizerConfig.preset("debug"))
+    save_export(model, tmp_path / "exp", "tokenizer")
+    st = tmp_path / "exp" / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:200])
+    with pytest.raises(GenieInputError, match="corrupt export"):
+        load_export(tmp_path / "exp", "tokenizer")
+    (tmp_path / "exp" / "model.safetensors").unlink()
+    with pytest.raises(GenieInputError, match="missing model.safetensors"):
+        load_export(tmp_path / "exp", "tokenizer")
+    with pytest.raises(GenieInputError, match="no such export folder"):
+        load_export(tmp_path / "nowhere", "tokenizer")
+    save_export(model, tmp_path / "exp2", "tokenizer")
+    cfg = json.loads((tmp_path / "exp2" / "config.json").read_text())
+    cfg["genie_config"]["width"] = 33
+    (tmp_path / "exp2" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GenieInputError, match="invalid tokenizer config.*width"):
+        load_export(tmp_path / "exp2", "tokenizer")
+
+
+def test_wrong_resolution_for_preset_exit_2(tmp_path, coded_dataset):
+    path, _ = coded_dataset  # 16×16 frames against a 64×64 preset
+    p = _train(tmp_path, path, "--trainer.max_steps", "1", "--data.clip_len", "2")
+    assert p.returncode == 2
+    assert "16×16×3" in stderr_line(p) and "64×64×3" in stderr_line(p)
+
+
+def test_bad_config_exit_2(tmp_path, video64):
+    bad = yaml.safe_load((ROOT / "configs/tokenizer/debug.yaml").read_text())
+    del bad["data"]["data"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    p = run_genie("train", "tokenizer", "--config", tmp_path / "bad.yaml", timeout=120)
+    assert p.returncode == 2 and "data.data" in p.stderr and "Traceback" not in p.stderr
+    bad = yaml.safe_load((ROOT / "configs/tokenizer/debug.yaml").read_text())
+    bad["model"]["config"]["width"] = 33  # not divisible by its 2 heads
+    (tmp_path / "bad2.yaml").write_text(yaml.safe_dump(bad))
+    p = run_genie("train", "tokenizer", "--config", tmp_path / "bad2.yaml", "--data.data", video64, timeout=120)
+    assert p.returncode == 2 and "width" in p.stderr and "Traceback" not in p.stderr
+    p = run_genie("train", "tokenizer", "--config", tmp_path / "missing.yaml")
+    assert p.returncode == 2 and "no such config file" in stderr_line(p)
