@@ -1,0 +1,132 @@
+"""Configuration of the dynamics model (MaskGIT ST-transformer, Genie §2.3) and its named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ACTION_CONDITIONINGS = ("additive", "token")
+
+
+@dataclass
+class DynamicsConfig:
+    """Sizes of the dynamics model. Defaults are the Genie CoinRun case study (App. F).
+
+    `vocab_size` is the tokenizer's codebook size; the model embeds one extra id, `vocab_size`
+    itself, as the MASK token. `grid` is the (h, w) token grid of one frame. `num_actions` is the
+    latent-action vocabulary of the LAM.
+
+    `action_conditioning` says how the action a_t (taken between frames t and t+1) enters:
+    - "additive" (Genie §2.3): the embedding of a_t is added to every token embedding of frame
+      t+1, the frame it leads to; frame 0 gets a learned "no action" embedding.
+    - "token": one extra action token is prepended to the tokens of frame t+1 (spatial attention
+      spreads it over the frame); frame 0's action token is the learned "no action" embedding.
+    Either way the prediction of frame t+1 sees a_t and nothing of a_{t+1} onwards.
+    """
+
+    vocab_size: int = 1024
+    grid: tuple[int, int] = (16, 16)
+    num_actions: int = 8
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    num_frames: int = 16
+    dropout: float = 0.0
+    action_conditioning: str = "additive"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, int) or len(self.grid) != 2:
+            raise ValueError(f"grid must be a pair (h, w), got {self.grid!r}")
+        self.grid = tuple(self.grid)
+        for side in self.grid:
+            if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+                raise ValueError(f"grid must be two positive integers (h, w), got {self.grid!r}")
+        positive_ints = ("vocab_size", "num_actions", "width", "depth", "num_heads", "num_frames")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.num_frames < 2:
+            # One frame has no transition to predict.
+            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.width % self.num_heads != 0:
+            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.action_conditioning not in ACTION_CONDITIONINGS:
+            raise ValueError(
+                f"action_conditioning must be one of {ACTION_CONDITIONINGS}, got {self.action_conditioning!r}"
+            )
+
+    @property
+    def mask_id(self) -> int:
+        """Token id of MASK: one past the tokenizer's codebook."""
+        return self.vocab_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """n = h * w."""
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every field."""
+        data = dataclasses.asdict(self)
+        data["grid"] = list(self.grid)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DynamicsConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DynamicsConfig key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> DynamicsConfig:
+        """A named preset (see PRESETS), optionally with some fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown dynamics preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny, for tests.
+    "debug": dict(
+        vocab_size=32,
+        grid=(4, 4),
+        num_actions=8,
+        width=32,
+        depth=1,
+        num_heads=2,
+        num_frames=4,
+    ),
+    # Provisional size for training on 2 CPU cores (16x16 tokens of a 64x64 frame at patch 4);
+    # to be retuned by measurement.
+    "cpu": dict(
+        vocab_size=1024,
+        grid=(16, 16),
+        num_actions=8,
+        width=192,
+        depth=3,
+        num_heads=6,
+        num_frames=16,
+    ),
+    # Genie App. F, CoinRun case study: exactly the paper's sizes.
+    "coinrun-paper": dict(
+        vocab_size=1024,
+        grid=(16, 16),
+        num_actions=8,
+        width=512,
+        depth=12,
+        num_heads=8,
+        num_frames=16,
+    ),
+}

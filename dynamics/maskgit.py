@@ -1,0 +1,218 @@
+"""MaskGIT pieces for the dynamics stage (Chang et al. 2022; Genie §2.3): the mask schedule, the
+per-sample training masks, and the per-frame iterative decoding loop.
+
+Everything here is a pure function of its arguments: a logits callable, a schedule and a
+`torch.Generator` — no model, trainer or global state (STYLE §5). With the same generator state the
+results are identical.
+
+How the dynamics stage uses them (and why the two halves agree):
+- Training: `training_mask(tokens.shape, generator=g, keep_first_frames=1)` masks the tokens of
+  frames 1..T-1 at a rate drawn per sample from U(0.5, 1) (DESIGN §7.7) and keeps frame 0 clean;
+  the loss is cross-entropy over the masked positions. Frame 0 is always a clean prompt at
+  sampling time and is never generated, so it is never a target.
+- Sampling: frame t+1 starts fully masked and `maskgit_decode` fills it in `steps` rounds, the
+  model seeing the clean frames <= t and the action a_t.
+
+Shape legend: b batch, n tokens being decoded (one frame: h*w), v codebook size, K steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+UNMASK_RULES = ("confidence", "random")
+
+
+# ---- schedule ---------------------------------------------------------------------------------
+
+
+def cosine_schedule(r: float | Tensor) -> float | Tensor:
+    """Mask ratio γ(r) = cos(π r / 2) for progress r in [0, 1]: 1 at r=0, 0 at r=1 (MaskGIT §3.2)."""
+    if isinstance(r, Tensor):
+        return torch.cos(math.pi / 2 * r)
+    return math.cos(math.pi / 2 * r)
+
+
+def masked_counts(
+    num_masked: int | Tensor,
+    steps: int,
+    schedule: Callable[[float], float] = cosine_schedule,
+) -> Tensor:
+    """How many tokens are still masked after each of `steps` decoding steps.
+
+    num_masked: N, the number of masked tokens at the start, an int or a (b,) integer tensor.
+    Returns int64 (K,) for an int, (b, K) for a tensor. Entry k is
+        m_k = floor(N * schedule((k + 1) / K)), clamped so that
+    - m_k <= m_{k-1} - 1 (with m_{-1} = N): at least one token is unmasked every step,
+    - m_k >= K - 1 - k: enough tokens remain for every later step to unmask one,
+    - m_{K-1} = 0: everything is filled at the end.
+    Both bounds hold when N >= K; with N < K the first wins (one token per step until done, then
+    steps that unmask nothing).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    scalar = not isinstance(num_masked, Tensor)
+    n = torch.as_tensor(num_masked, dtype=torch.long).reshape(-1)
+    if (n < 0).any():
+        raise ValueError(f"num_masked must be >= 0, got {num_masked}")
+    counts = []
+    previous = n
+    for k in range(steps):
+        if k == steps - 1:
+            m = torch.zeros_like(n)
+        else:
+            ratio = float(schedule((k + 1) / steps))
+            # The small epsilon keeps floor() from losing a token to rounding (e.g. N * 0.5).
+            m = torch.floor(n.double() * ratio + 1e-9).long()
+            m = torch.maximum(m, torch.full_like(n, steps - 1 - k))
+            m = torch.minimum(m, previous - 1).clamp(min=0)
+        counts.append(m)
+        previous = m
+    out = torch.stack(counts, dim=-1)  # (b, K)
+    return out[0] if scalar else out
+
+
+# ---- training masks ---------------------------------------------------------------------------
+
+
+def training_mask(
+    shape: Sequence[int],
+    rate_low: float = 0.5,
+    rate_high: float = 1.0,
+    generator: torch.Generator | None = None,
+    mode: str = "bernoulli",
+    keep_first_frames: int = 0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Boolean mask (True = replace by MASK) with one mask rate per sample (DESIGN §7.7).
+
+    shape: (b, ...), e.g. (b, t, h, w) or (b, n). Each sample draws r ~ U(rate_low, rate_high)
+    (Genie §2.3: U(0.5, 1)); "bernoulli" masks each token with probability r, "exact" masks
+    exactly round(r * m) tokens at random, m being the sample's maskable tokens.
+    keep_first_frames: for (b, t, ...) shapes, frames 0..keep_first_frames-1 are never masked
+    and the rate applies to the remaining frames (the dynamics stage uses 1: frame 0 is context).
+    Returns a bool tensor of `shape`; draws come from `generator` (on `device`).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (b, ...) with at least 2 dims, got {shape}")
+    if not 0.0 <= rate_low <= rate_high <= 1.0:
+        raise ValueError(f"need 0 <= rate_low <= rate_high <= 1, got rate_low={rate_low}, rate_high={rate_high}")
+    if mode not in ("bernoulli", "exact"):
+        raise ValueError(f"mode must be 'bernoulli' or 'exact', got {mode!r}")
+    if keep_first_frames < 0 or (keep_first_frames > 0 and (len(shape) < 3 or keep_first_frames > shape[1])):
+        raise ValueError(f"keep_first_frames ({keep_first_frames}) must be in [0, t] for a (b, t, ...) shape, got {shape}")
+    if generator is not None and device is None:
+        device = generator.device
+
+    b = shape[0]
+    kept_shape = (b, keep_first_frames, *shape[2:]) if keep_first_frames else None
+    maskable_shape = (b, shape[1] - keep_first_frames, *shape[2:]) if keep_first_frames else shape
+    m = math.prod(maskable_shape[1:])
+
+    rates = rate_low + (rate_high - rate_low) * torch.rand(b, generator=generator, device=device)  # (b,)
+    scores = torch.rand(b, m, generator=generator, device=device)  # (b, m)
+    if mode == "bernoulli":
+        flat = scores < rates[:, None]
+    else:
+        count = torch.round(rates * m).long()  # (b,)
+        # The `count` smallest scores per row are masked: a uniform random subset of that size.
+        ranks = torch.empty_like(scores, dtype=torch.long)
+        ranks.scatter_(1, scores.argsort(dim=1), torch.arange(m, device=scores.device).expand(b, m))
+        flat = ranks < count[:, None]
+    mask = flat.reshape(maskable_shape)
+    if kept_shape is not None:
+        mask = torch.cat([torch.zeros(kept_shape, dtype=torch.bool, device=mask.device), mask], dim=1)
+    return mask
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
+
+
+def maskgit_decode(
+    logits_fn: Callable[[Tensor], Tensor],
+    num_tokens: int,
+    *,
+    mask_id: int,
+    batch_size: int = 1,
+    steps: int = 25,
+    temperature: float = 1.0,
+    choice_temperature: float = 4.5,
+    unmask: str = "confidence",
+    generator: torch.Generator | None = None,
+    init_tokens: Tensor | None = None,
+    schedule: Callable[[float], float] = cosine_schedule,
+    device: torch.device | str | None = None,
+    return_history: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Fill masked tokens by MaskGIT iterative decoding (Chang et al. 2022, Alg. 1; Genie §2.3).
+
+    logits_fn: current tokens (b, n) int64, MASK = `mask_id` -> logits (b, n, v). Called once
+        per step; it must not depend on hidden state that changes between calls.
+    init_tokens: (b, n) starting tokens with `mask_id` where unknown (default: all masked, b =
+        `batch_size`). Tokens that are not masked at the start never change.
+    Each step k of K: sample a token at every masked position from softmax(logits / temperature)
+    (temperature 0: argmax); score it — "confidence": log p(token) plus Gumbel noise scaled by
+    choice_temperature * (1 - (k+1)/K), annealed to 0 as in MaskGIT; "random": uniform noise,
+    a random order — and keep the best-scored ones so that exactly `masked_counts(N, K)[k]` stay
+    masked; the rest return to MASK. After step K-1 no token is masked.
+    Returns tokens (b, n) int64, or (tokens, history) with `return_history`, history holding the
+    (b, n) tokens after each step. Draws come from `generator` (its device must match logits').
+    """
+    if unmask not in UNMASK_RULES:
+        raise ValueError(f"unmask must be one of {UNMASK_RULES}, got {unmask!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if choice_temperature < 0:
+        raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+    if init_tokens is None:
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
+    else:
+        if init_tokens.ndim != 2 or init_tokens.shape[1] != num_tokens:
+            raise ValueError(f"init_tokens must be (b, {num_tokens}), got {tuple(init_tokens.shape)}")
+        tokens = init_tokens.long().clone()
+    b, n = tokens.shape
+    counts = masked_counts((tokens == mask_id).sum(dim=1).cpu(), steps, schedule).to(tokens.device)  # (b, K)
+    positions = torch.arange(n, device=tokens.device).expand(b, n)
+
+    history = []
+    for k in range(steps):
+        masked = tokens == mask_id  # (b, n)
+        logits = logits_fn(tokens).float()  # (b, n, v)
+        if logits.ndim != 3 or logits.shape[:2] != (b, n):
+            raise ValueError(f"logits_fn must return (b, n, v) = ({b}, {n}, v), got {tuple(logits.shape)}")
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if temperature == 0:
+            sampled = logits.argmax(dim=-1)
+        else:
+            # Gumbel-max: argmax(logits / T + g) is a sample of softmax(logits / T).
+            sampled = (logits / temperature + _gumbel(logits.shape, generator, logits.device)).argmax(dim=-1)
+
+        if unmask == "confidence":
+            score = log_probs.gather(-1, sampled[..., None])[..., 0]  # (b, n)
+            noise_scale = choice_temperature * (1.0 - (k + 1) / steps)
+            if noise_scale > 0:
+                score = score + noise_scale * _gumbel((b, n), generator, logits.device)
+        else:
+            score = torch.rand((b, n), generator=generator, device=logits.device)
+        # Known tokens rank last, so only masked positions can stay masked (counts never exceed
+        # the number currently masked).
+        score = torch.where(masked, score, torch.full_like(score, math.inf))
+        ranks = torch.empty_like(positions)
+        ranks.scatter_(1, score.argsort(dim=1, stable=True), positions)
+        stay_masked = ranks < counts[:, k : k + 1]  # (b, n)
+        tokens = torch.where(masked & ~stay_masked, sampled, tokens)
+        if return_history:
+            history.append(tokens.clone())
+    return (tokens, history) if return_history else tokens

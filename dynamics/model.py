@@ -1,0 +1,147 @@
+"""Dynamics model: a MaskGIT ST-transformer over video tokens, conditioned on latent actions (Genie §2.3).
+
+Given the token ids of frames z_0..z_{t-1} (some replaced by MASK) and the actions between them,
+the model predicts logits for every token of every frame. Temporal attention is causal, so the
+logits of frame i depend only on frames <= i and on the actions that led to them: a_{i-1} and
+earlier. Training (teacher forcing) masks tokens at a per-sample rate ~ U(0.5, 1) and scores the
+masked positions with cross-entropy; sampling fills a fully masked frame t+1 with the MaskGIT loop
+(`dynamics.maskgit.maskgit_decode`) given the clean frames <= t and the action a_t.
+
+Action alignment (DESIGN §4): `actions[:, i]` is the action taken between frames i and i+1. It
+conditions frame i+1, the frame it leads to; frame 0 gets a learned "no action" embedding.
+
+Shape legend: b batch, t frames (the new frames when a cache is used), P cached past frames,
+h w token grid, n flattened tokens (h*w), d width, v codebook size (the MASK id is v),
+a latent-action vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from dynamics.config import DynamicsConfig
+from genie.nn import KVCache, STTransformer
+
+
+class DynamicsModel(nn.Module):
+    """MaskGIT ST-transformer over clips of up to `config.num_frames` frames of (h, w) tokens."""
+
+    def __init__(self, config: DynamicsConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, n = config.width, config.tokens_per_frame
+
+        # vocab_size + 1 entries: the last one is MASK.
+        self.token_embed = nn.Embedding(config.vocab_size + 1, d)
+        self.action_embed = nn.Embedding(config.num_actions, d)
+        # Frame 0 has no incoming action. A separate parameter rather than an extra embedding row,
+        # so an out-of-range action id fails loudly instead of silently meaning "no action".
+        self.no_action = nn.Parameter(torch.zeros(d))
+        # "token" conditioning prepends one action slot to every frame's n tokens.
+        self.num_slots = n + 1 if config.action_conditioning == "token" else n
+        self.transformer = STTransformer(
+            d,
+            config.depth,
+            config.num_heads,
+            num_tokens=self.num_slots,
+            num_frames=config.num_frames,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+            causal=True,
+        )
+        self.head = nn.Linear(d, config.vocab_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The STTransformer initialises itself (GPT-2 scheme, genie.nn.st_block). Embeddings and the
+        # head follow the same N(0, 0.02). The action embeddings are deliberately not zero-init:
+        # the action then moves the logits of the frame it leads to from the first step.
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
+        nn.init.normal_(self.no_action, std=0.02)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def mask_id(self) -> int:
+        """Token id of MASK (= vocab_size)."""
+        return self.config.vocab_size
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def _check_inputs(self, tokens: Tensor, actions: Tensor | None, num_past: int) -> None:
+        cfg = self.config
+        h, w = cfg.grid
+        if tokens.ndim != 4 or tuple(tokens.shape[2:]) != (h, w):
+            raise ValueError(f"tokens must be (b, t, h, w) with (h, w) = ({h}, {w}), got {tuple(tokens.shape)}")
+        if tokens.is_floating_point():
+            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        b, t = tokens.shape[:2]
+        if not 1 <= num_past + t <= cfg.num_frames:
+            raise ValueError(
+                f"cached ({num_past}) + new ({t}) frames must be in [1, {cfg.num_frames}], got {num_past + t}"
+            )
+        expected = (b, num_past + t - 1)
+        if actions is None:
+            if expected[1] != 0:
+                raise ValueError(f"actions must be (b, P + t - 1) = {expected}, got None")
+            return
+        if tuple(actions.shape) != expected:
+            raise ValueError(
+                f"actions must be (b, P + t - 1) = {expected} (every action so far, cached frames "
+                f"included), got {tuple(actions.shape)}"
+            )
+        if actions.is_floating_point():
+            raise ValueError(f"actions must be an integer tensor, got {actions.dtype}")
+
+    # ---- model --------------------------------------------------------------------------------
+
+    def _incoming_actions(self, actions: Tensor | None, b: int, t: int, num_past: int) -> Tensor:
+        """The embedding of the action leading into each of the t new frames: (b, t, d)."""
+        d = self.config.width
+        # New frame i sits at absolute index P + i and is led to by actions[:, P + i - 1].
+        first = max(num_past - 1, 0)
+        emb = self.action_embed(actions[:, first:].long()) if actions is not None else None  # (b, t or t-1, d)
+        if num_past == 0:
+            start = repeat(self.no_action, "d -> b 1 d", b=b)
+            emb = start if emb is None else torch.cat([start, emb], dim=1)
+        assert emb.shape == (b, t, d)
+        return emb
+
+    def forward(
+        self,
+        tokens: Tensor,
+        actions: Tensor | None,
+        cache: KVCache | None = None,
+        return_cache: bool = False,
+    ) -> Tensor | tuple[Tensor, KVCache]:
+        """Logits for every token of the given frames.
+
+        tokens: (b, t, h, w) int64 in [0, v], v meaning MASK.
+        actions: (b, P + t - 1) int64 in [0, a): every action of the clip so far, where P is the
+            number of frames in `cache` (0 without one). actions[:, i] leads from frame i to i+1
+            and conditions frame i+1. None is accepted when P + t == 1.
+        cache: temporal keys/values of P earlier frames from a call with `return_cache=True`;
+            `tokens` then holds only the new frames P..P+t-1. The cache is not modified.
+        Returns logits (b, t, h, w, v), or (logits, cache of P + t frames) with `return_cache`.
+        """
+        num_past = 0 if cache is None else cache.num_frames
+        self._check_inputs(tokens, actions, num_past)
+        b, t = tokens.shape[:2]
+
+        x = self.token_embed(rearrange(tokens.long(), "b t h w -> b t (h w)"))  # (b, t, n, d)
+        act = self._incoming_actions(actions, b, t, num_past)  # (b, t, d)
+        if self.config.action_conditioning == "additive":
+            x = x + act[:, :, None, :]  # Genie §2.3: added to every token of the frame
+        else:
+            x = torch.cat([act[:, :, None, :], x], dim=2)  # (b, t, n + 1, d)
+
+        out = self.transformer(x, cache=cache, return_cache=return_cache)
+        x, new_cache = out if return_cache else (out, None)
+        if self.config.action_conditioning == "token":
+            x = x[:, :, 1:]  # drop the action slot
+        logits = self.head(x)  # (b, t, n, v)
+        logits = rearrange(logits, "b t (h w) v -> b t h w v", h=self.config.grid[0])
+        return (logits, new_cache) if return_cache else logits

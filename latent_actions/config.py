@@ -1,0 +1,155 @@
+"""Configuration of the latent action model (LAM, Genie §2.2 and App. F) and its named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class LatentActionConfig:
+    """Sizes of the latent action model. Defaults are the Genie CoinRun case study (App. F), except
+    `num_actions=8`, the |A| of Genie §2.2 (the CoinRun case study used 6: preset "coinrun-paper").
+
+    The LAM works on pixels (Genie Table 2: pixel input beats token input). `num_actions` is the
+    size of the VQ codebook, i.e. the latent-action vocabulary `a` users pick from when playing;
+    `num_frames` is the longest clip (frames, so at most `num_frames - 1` actions).
+
+    `decoder_mask_ratio` is the guard against a decoder that ignores the action (DESIGN §7.6): in
+    train mode each sample replaces a fraction ~U(0, decoder_mask_ratio) of the decoder's input
+    context patches by a learned mask token. 0 turns it off; eval mode never masks. The default is
+    a moderate guess, not yet measured on CoinRun; on synthetic sprites (where the past says
+    nothing about the next random action) masking only slowed learning.
+    """
+
+    image_size: int = 64
+    channels: int = 3
+    patch_size: int = 16
+    width: int = 512
+    depth_encoder: int = 8
+    depth_decoder: int = 8
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    num_actions: int = 8
+    code_dim: int = 32
+    num_frames: int = 16
+    dropout: float = 0.0
+    commitment_weight: float = 0.25
+    vq_decay: float = 0.8
+    kmeans_iters: int = 10
+    threshold_ema_dead_code: float = 2.0
+    decoder_mask_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        positive_ints = (
+            "image_size",
+            "channels",
+            "patch_size",
+            "width",
+            "depth_encoder",
+            "depth_decoder",
+            "num_heads",
+            "num_actions",
+            "code_dim",
+            "num_frames",
+            "kmeans_iters",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+            )
+        if self.width % self.num_heads != 0:
+            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_actions < 2:
+            raise ValueError(f"num_actions must be >= 2, got {self.num_actions}")
+        if self.num_frames < 2:
+            # One transition needs two frames.
+            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.commitment_weight < 0:
+            raise ValueError(f"commitment_weight must be >= 0, got {self.commitment_weight}")
+        if not 0.0 <= self.vq_decay < 1.0:
+            raise ValueError(f"vq_decay must be in [0, 1), got {self.vq_decay}")
+        if self.threshold_ema_dead_code < 0:
+            raise ValueError(f"threshold_ema_dead_code must be >= 0, got {self.threshold_ema_dead_code}")
+        if not 0.0 <= self.decoder_mask_ratio < 1.0:
+            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of a frame, h = w = image_size / patch_size."""
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """n = h * w."""
+        return self.grid_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatentActionConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown LatentActionConfig key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> LatentActionConfig:
+        """A named preset (see PRESETS), optionally with some fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown latent action preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny, for tests: 4x4 patches of 16x16 pixels at 64x64 (also fine at image_size=32).
+    "debug": dict(
+        image_size=64,
+        patch_size=16,
+        width=32,
+        depth_encoder=1,
+        depth_decoder=1,
+        num_heads=2,
+        num_actions=8,
+        code_dim=8,
+        num_frames=4,
+    ),
+    # Provisional size for training on 2 CPU cores; to be retuned by measurement.
+    "cpu": dict(
+        patch_size=8,
+        width=128,
+        depth_encoder=2,
+        depth_decoder=2,
+        num_heads=4,
+        num_actions=8,
+        code_dim=32,
+        num_frames=16,
+    ),
+    # Genie App. F, CoinRun case study: exactly the paper's sizes (6 latent actions).
+    "coinrun-paper": dict(
+        image_size=64,
+        patch_size=16,
+        width=512,
+        depth_encoder=8,
+        depth_decoder=8,
+        num_heads=8,
+        num_actions=6,
+        code_dim=32,
+        num_frames=16,
+    ),
+}
