@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -18,6 +19,8 @@ from tokenizer.config import PRESETS, TokenizerConfig
 from tokenizer.model import VideoTokenizer
 
 CONFIGS = sorted((ROOT / "configs" / "tokenizer").glob("*.yaml"))
+STAGE_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions"}
+ALL_CONFIGS = [(stage, p) for stage, d in STAGE_DIRS.items() for p in sorted((ROOT / "configs" / d).glob("*.yaml"))]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +41,21 @@ def _train(tmp_path, data, *extra, config="configs/tokenizer/debug.yaml"):
 
 
 def test_yaml_presets_match_the_python_presets():
-    names = {p.stem for p in CONFIGS}
-    assert names == set(PRESETS)
-    for p in CONFIGS:
-        cfg = yaml.safe_load(p.read_text())["model"]["config"]
-        assert TokenizerConfig.from_dict(cfg) == TokenizerConfig.preset(p.stem), p
+    from latent_actions.config import PRESETS as LAM_PRESETS, LatentActionConfig
+
+    for d, presets, cls in (("tokenizer", PRESETS, TokenizerConfig), ("latent_actions", LAM_PRESETS, LatentActionConfig)):
+        files = sorted((ROOT / "configs" / d).glob("*.yaml"))
+        assert {p.stem for p in files} == set(presets)
+        for p in files:
+            cfg = yaml.safe_load(p.read_text())["model"]["config"]
+            assert cls.from_dict(cfg) == cls.preset(p.stem), p
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_fast_dev_run_every_yaml(tmp_path, video64, config):
-    p = _train(tmp_path, video64, "--trainer.fast_dev_run", "1", "--data.batch_size", "1", "--data.clip_len", "2",
-               "--data.num_workers", "0", "--trainer.precision", "32-true", config=config)
+@pytest.mark.parametrize("stage,config", ALL_CONFIGS, ids=lambda x: x if isinstance(x, str) else x.stem)
+def test_fast_dev_run_every_yaml(tmp_path, video64, stage, config):
+    p = run_genie("train", stage, "--config", config, "--data.data", video64, "--trainer.default_root_dir", tmp_path / "run",
+                  "--trainer.enable_progress_bar", "false", "--trainer.fast_dev_run", "1", "--data.batch_size", "1",
+                  "--data.clip_len", "2", "--data.num_workers", "0", "--trainer.precision", "32-true", timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
 
 
@@ -142,3 +149,49 @@ def test_bad_config_exit_2(tmp_path, video64):
     assert p.returncode == 2 and "width" in p.stderr and "Traceback" not in p.stderr
     p = run_genie("train", "tokenizer", "--config", tmp_path / "missing.yaml")
     assert p.returncode == 2 and "no such config file" in stderr_line(p)
+
+
+def test_lam_export_round_trip(tmp_path):
+    from latent_actions.config import LatentActionConfig
+    from latent_actions.model import LatentActionModel
+
+    torch.manual_seed(0)
+    model = LatentActionModel(LatentActionConfig.preset("debug"))
+    x = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    model.train()
+    model(x)
+    model.eval()
+    save_export(model, tmp_path / "lam", "lam")
+    loaded = load_export(tmp_path / "lam", "lam")
+    with torch.no_grad():
+        assert torch.equal(model.infer_actions(x), loaded.infer_actions(x))
+        assert torch.equal(model(x).pred, loaded(x).pred)
+    with pytest.raises(GenieInputError, match="holds a lam export, expected tokenizer"):
+        load_export(tmp_path / "lam", "tokenizer")
+
+
+def test_tokenize_matches_encode_and_carries_actions(tmp_path, video64):
+    from data_pipelines.clips import ClipDataset, frames_to_video
+    from genie.tokenize import tokenize_dataset
+
+    torch.manual_seed(0)
+    model = VideoTokenizer(TokenizerConfig.preset("debug"))  # 4-frame windows, 8×8 tokens
+    model.train()
+    model(torch.rand(2, 4, 3, 64, 64) * 2 - 1)
+    model.eval()
+    save_export(model, tmp_path / "tok", "tokenizer")
+    tokenize_dataset(tmp_path / "tok", video64, tmp_path / "tokens", progress=False)
+    src = ClipDataset(video64, "train", clip_len=1)
+    toks = ClipDataset(tmp_path / "tokens", "train", clip_len=4)
+    assert toks.is_tokens and toks.frame_shape == (8, 8, 1) and toks.num_episodes == src.num_episodes
+    for e in range(src.num_episodes):
+        frames = src.episode_frames(e)  # 24 frames → six 4-frame windows
+        ids = toks.episode_frames(e)[..., 0].astype(np.int64)
+        with torch.no_grad():
+            ref = model.encode(frames_to_video(frames).view(6, 4, 3, 64, 64)).reshape(24, 8, 8)
+        assert np.array_equal(ids, ref.numpy())
+        assert np.array_equal(toks.episode_actions(e), src.episode_actions(e))
+    item = toks[0]
+    assert item["tokens"].shape == (4, 8, 8) and item["tokens"].dtype == torch.int64 and item["actions"].shape == (3,)
+    p = run_genie("tokenize", "--tokenizer", tmp_path / "nowhere", "--data", video64, "--out", tmp_path / "t2")
+    assert p.returncode == 2 and "no such export folder" in stderr_line(p)
