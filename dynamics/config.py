@@ -101,7 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tiny, for tests.
     "debug": dict(
         vocab_size=32,
-        grid=(4, 4),
+        grid=(8, 8),  # the debug tokenizer's grid (patch 8 at 64x64)
         num_actions=8,
         width=32,
         depth=1,

@@ -73,7 +73,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_tokenize(a: argparse.Namespace) -> None:
     from genie.tokenize import tokenize_dataset
 
-    s = tokenize_dataset(a.tokenizer, a.data, a.out, batch_size=a.batch_size, overwrite=a.overwrite, progress=not a.quiet)
+    s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, overwrite=a.overwrite,
+                         progress=not a.quiet)
     print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
 
 
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tokenize", help="pre-tokenise a dataset into uint16 token shards for the dynamics stage")
     k.add_argument("--tokenizer", required=True, help="tokenizer export folder")
+    k.add_argument("--lam", default=None, help="LAM export folder: store its latent actions (for the dynamics stage)")
     k.add_argument("--data", required=True, help="video dataset folder")
     k.add_argument("--out", required=True, help="token dataset folder to create")
     k.add_argument("--batch-size", type=int, default=16, help="windows encoded at once")

@@ -23,9 +23,15 @@ from genie.export import load_export
 
 
 @torch.no_grad()
-def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 16,
-                     overwrite: bool = False, progress: bool = True) -> dict:
+def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, lam_dir: str | Path | None = None,
+                     batch_size: int = 16, overwrite: bool = False, progress: bool = True) -> dict:
+    """Tokenise every split of `data`. With `lam_dir`, the stored actions are the LAM's latent actions
+    (inferred over windows of the LAM's num_frames that overlap by one frame, so every transition,
+    window boundaries included, gets one); without it, the dataset's own actions are carried along."""
     model = load_export(tokenizer_dir, "tokenizer")
+    lam = load_export(lam_dir, "lam") if lam_dir is not None else None
+    if lam is not None and (lam.config.image_size, lam.config.channels) != (model.config.image_size, model.config.channels):
+        raise GenieInputError(f"{lam_dir}: LAM resolution {lam.config.image_size} does not match the tokenizer's {model.config.image_size}")
     cfg = model.config
     card = read_card(data)
     if card.get("dtype", "uint8") != "uint8":
@@ -39,6 +45,10 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     splits = [s for s in SPLITS if s in card.get("splits", {})]
     total = sum(card["splits"][s]["frames"] for s in splits)
     new_card = {k: card[k] for k in ("source", "num_actions", "action_names", "merged_action", "split_key") if k in card}
+    if lam is not None:
+        new_card.update(num_actions=lam.num_actions, actions="latent", lam={"path": str(lam_dir), "num_actions": lam.num_actions})
+        new_card.pop("action_names", None)
+        new_card.pop("merged_action", None)
     new_card.update(tokenizer={"path": str(tokenizer_dir), "codebook_size": cfg.codebook_size, "grid": cfg.grid_size,
                                "window": window}, source_dataset=str(data), vocab_size=cfg.codebook_size)
     bar = None
@@ -70,9 +80,9 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
                             ids[s:] = model.encode(frames_to_video(frames[s:])[None])[0].numpy().astype(np.uint16)
                 row = int(np.flatnonzero(eid_col == ds._eids[e])[0])
                 r = table.slice(row, 1).to_pylist()[0]
-                acts = ds.episode_actions(e)
+                acts = ds.episode_actions(e) if lam is None else _latent_actions(lam, frames, batch_size)
                 rewards, dones = _episode_column(table, eid_col, ds._eids[e], "rewards"), _episode_column(table, eid_col, ds._eids[e], "dones")
-                w.add_episode(Episode(frames=ids[..., None], actions=acts if ds.has_actions else None, rewards=rewards,
+                w.add_episode(Episode(frames=ids[..., None], actions=acts if (ds.has_actions or lam is not None) else None, rewards=rewards,
                                       dones=dones, level_seed=r["level_seed"], source=r["source"]), split)
                 if bar is not None:
                     bar.update(n)
@@ -87,3 +97,25 @@ def _episode_column(table, eid_col, eid, name: str) -> np.ndarray:
     rows = np.flatnonzero(eid_col == eid)
     offs = table.column("offset").to_numpy()[rows]
     return np.concatenate([np.asarray(table.column(name)[int(r)].as_py()) for r in rows[np.argsort(offs)]])
+
+
+@torch.no_grad()
+def _latent_actions(lam, frames: np.ndarray, batch_size: int) -> np.ndarray:
+    """LAM action ids for every transition of an episode, in the storage layout (one per frame; the
+    last frame, which has no next frame in the episode, gets -1)."""
+    n, w = len(frames), lam.config.num_frames
+    out = np.full(n, -1, np.int16)
+    if n < 2:
+        return out
+    starts = list(range(0, n - 1, w - 1))  # windows overlap by one frame
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        full = [s for s in group if s + w <= n]
+        if full:
+            ids = lam.infer_actions(torch.stack([frames_to_video(frames[s:s + w]) for s in full])).numpy()
+            for s, a in zip(full, ids):
+                out[s:s + w - 1] = a
+        for s in group:
+            if s + w > n:
+                out[s:n - 1] = lam.infer_actions(frames_to_video(frames[s:])[None])[0].numpy()
+    return out

@@ -1,0 +1,92 @@
+"""LightningModule of the dynamics model: masked-token cross-entropy on pre-tokenised clips.
+
+Batches come from a token dataset (`genie tokenize --tokenizer T --lam L`): tokens (b,t,h,w) and the
+LAM's latent actions (b,t-1), so the frozen tokenizer and LAM run once per frame at tokenisation
+time, never inside this optimiser (DESIGN §7.8: no frozen model in train mode, in the optimiser or
+receiving gradients). Genie §2.3: each sample masks frames 1..t-1 at its own rate ~ U(0.5, 1)
+(DESIGN §7.7); frame 0 stays clean, as the prompt does at sampling time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data_pipelines.errors import GenieInputError
+from dynamics.config import DynamicsConfig
+from dynamics.maskgit import training_mask
+from dynamics.model import DynamicsModel
+from genie.training import GenieModule
+
+
+class DynamicsModule(GenieModule):
+    """Trains a `DynamicsModel`.
+
+    Args:
+        config: the model config (see `dynamics.config.PRESETS`, configs/dynamics/*.yaml).
+        mask_rate_low, mask_rate_high: per-sample masking rate range (Genie: U(0.5, 1)).
+        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warmup and cosine decay.
+    """
+
+    stage = "dynamics"
+
+    def __init__(self, config: DynamicsConfig, mask_rate_low: float = 0.5, mask_rate_high: float = 1.0,
+                 lr: float = 3e-4, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 500, min_lr_ratio: float = 0.1):
+        super().__init__()
+        if isinstance(config, dict):
+            config = DynamicsConfig.from_dict(config)
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = config.to_dict()
+        self.model = DynamicsModel(config)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        ds = getattr(dm, "train_set", None)
+        if ds is None:
+            return
+        cfg = self.model.config
+        if not getattr(ds, "is_tokens", False):
+            raise GenieInputError(f"{dm.hparams.data}: the dynamics stage trains on a token dataset "
+                                  "(make one with `genie tokenize --tokenizer DIR --lam DIR --data DIR --out DIR`)")
+        if tuple(ds.frame_shape[:2]) != tuple(cfg.grid):
+            raise GenieInputError(f"{dm.hparams.data}: token grid {ds.frame_shape[0]}×{ds.frame_shape[1]} does not match "
+                                  f"the dynamics config grid {cfg.grid[0]}×{cfg.grid[1]}")
+        vocab = ds.card.get("vocab_size")
+        if vocab is not None and vocab != cfg.vocab_size:
+            raise GenieInputError(f"{dm.hparams.data}: tokenizer vocabulary {vocab} != dynamics vocab_size {cfg.vocab_size}")
+        if not ds.has_actions:
+            raise GenieInputError(f"{dm.hparams.data}: token dataset has no actions (tokenize with --lam)")
+        na = ds.card.get("num_actions")
+        if na is not None and na != cfg.num_actions:
+            raise GenieInputError(f"{dm.hparams.data}: {na} action ids in the data, dynamics num_actions is {cfg.num_actions}")
+        if dm.hparams.clip_len > cfg.num_frames:
+            raise GenieInputError(f"data.clip_len {dm.hparams.clip_len} exceeds dynamics num_frames {cfg.num_frames}")
+
+    def _shared_step(self, batch: dict, generator: torch.Generator | None = None):
+        tokens, actions = batch["tokens"], batch["actions"]
+        mask = training_mask(tokens.shape, self.hparams.mask_rate_low, self.hparams.mask_rate_high,
+                             generator=generator, keep_first_frames=1, device=tokens.device)
+        inp = tokens.masked_fill(mask, self.model.mask_id)
+        logits = self.model(inp, actions)  # (b, t, h, w, v)
+        if not mask.any():  # possible only for tiny clips: keep the graph, contribute nothing
+            zero = logits.sum() * 0.0
+            return zero, zero.detach()
+        loss = F.cross_entropy(logits[mask].float(), tokens[mask])
+        acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean()
+        return loss, acc
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, acc = self._shared_step(batch)
+        self.log_dict({"train/loss": loss, "train/masked_accuracy": acc})
+        self.log("ce", loss, prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        g = torch.Generator(device="cpu").manual_seed(batch_idx)  # same masks every validation
+        loss, acc = self._shared_step(batch, generator=g)
+        b = batch["tokens"].shape[0]
+        self.log("val/loss", loss, batch_size=b, sync_dist=True, prog_bar=True)
+        self.log("val/masked_accuracy", acc, batch_size=b, sync_dist=True)
