@@ -110,8 +110,8 @@ def test_shapes_and_input_checks(mode):
     model = make_model(action_conditioning=mode)
     tokens, actions = random_clip(model.config)
     with torch.no_grad():
-        assert model(tokens, actions).shape == (2, 4, 4, 4, 32)
-        assert model(tokens[:, :1], None).shape == (2, 1, 4, 4, 32)
+        assert model(tokens, actions).shape == (2, 4, 8, 8, 32)
+        assert model(tokens[:, :1], None).shape == (2, 1, 8, 8, 32)
     with pytest.raises(ValueError, match="actions"):
         model(tokens, actions[:, :2])
     with pytest.raises(ValueError, match="tokens"):
@@ -146,7 +146,7 @@ def test_action_a_t_conditions_frame_t_plus_1_only(mode, t):
     with torch.no_grad():
         out, out_changed = model(tokens, actions), model(tokens, changed)
     torch.testing.assert_close(out_changed[:, : t + 1], out[:, : t + 1], atol=1e-6, rtol=0)
-    assert (out_changed[:, t + 1] - out[:, t + 1]).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    assert (out_changed[:, t + 1] - out[:, t + 1]).abs().amax(dim=(1, 2, 3)).min() > 1e-5  # exactly 0 if a_t were ignored; small at init in token mode
 
 
 @pytest.mark.parametrize("mode", MODES)
