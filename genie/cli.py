@@ -85,6 +85,47 @@ def _cmd_export(a: argparse.Namespace) -> None:
     print(f"exported {a.stage} → {out}")
 
 
+def _parse_actions(text: str) -> list[int]:
+    try:
+        acts = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise GenieInputError(f"--actions {text!r}: expected comma-separated integers, e.g. 0,3,3,1") from None
+    if not acts:
+        raise GenieInputError("--actions is empty: give at least one latent action id")
+    return acts
+
+
+def _cmd_generate(a: argparse.Namespace) -> None:
+    import torch
+
+    from data_pipelines.clips import frames_to_video, video_to_frames
+    from genie.video_io import check_output_path, read_prompt, write_clip
+    from genie.world_model import WorldModel
+
+    out = check_output_path(a.out)
+    actions = _parse_actions(a.actions)
+    if a.steps < 1 or a.temperature < 0:
+        raise GenieInputError("--steps must be >= 1 and --temperature >= 0")
+    wm = WorldModel.from_pretrained(a.model)
+    bad = [x for x in actions if not 0 <= x < wm.num_actions]
+    if bad:
+        raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
+    frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.num_frames - 1)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    video = wm.generate(frames_to_video(frames)[None], actions, steps=a.steps, temperature=a.temperature, seed=a.seed)
+    clip = video_to_frames(video[0, -(len(actions) + 1):])  # the last prompt frame, then one frame per action
+    write_clip(out, clip, fps=a.fps, scale=a.scale)
+    print(f"wrote {out}: {len(clip)} frames (prompt + {len(actions)} generated), {clip.shape[2]}×{clip.shape[1]}"
+          + (f" shown at ×{a.scale}" if a.scale > 1 else ""))
+
+
+def _cmd_assemble(a: argparse.Namespace) -> None:
+    from genie.world_model import WorldModel
+
+    out = WorldModel.assemble(a.tokenizer, a.lam, a.dynamics, a.out, overwrite=a.overwrite)
+    print(f"assembled world model → {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -148,6 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ckpt", required=True, help="Lightning checkpoint, e.g. runs/tokenizer-cpu/checkpoints/last.ckpt")
     x.add_argument("--out", required=True, help="export folder")
     x.set_defaults(func=_cmd_export)
+
+    g = sub.add_parser("generate", help="generate a clip from a prompt frame and latent actions")
+    g.add_argument("--model", required=True, help="world-model folder (genie assemble)")
+    g.add_argument("--prompt", required=True, help="prompt image (png/jpg) or video (mp4/...)")
+    g.add_argument("--actions", required=True, help="latent action ids, one per generated frame, e.g. 0,3,3,1")
+    g.add_argument("--out", required=True, help="output .mp4 or .gif")
+    g.add_argument("--steps", type=int, default=25, help="MaskGIT steps per frame")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
+    g.add_argument("--fps", type=int, default=10)
+    g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
+    g.set_defaults(func=_cmd_generate)
+
+    m = sub.add_parser("assemble", help="check three stage exports fit together and write one world-model folder")
+    m.add_argument("--tokenizer", required=True)
+    m.add_argument("--lam", required=True)
+    m.add_argument("--dynamics", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=_cmd_assemble)
     return p
 
 

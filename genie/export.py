@@ -47,7 +47,9 @@ def _stage_classes(stage: str):
 def pretrained_classes(stage: str):
     """`transformers` PretrainedConfig / PreTrainedModel pair for a stage (built once, lazily)."""
     from transformers import PretrainedConfig, PreTrainedModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per tiny file is noise on the command line
     config_cls, model_cls = _stage_classes(stage)
 
     class GenieStageConfig(PretrainedConfig):

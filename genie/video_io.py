@@ -1,0 +1,92 @@
+"""Reading prompts and writing clips: PNG/JPEG via Pillow, video via PyAV (mp4) and Pillow (gif)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.errors import GenieInputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+OUTPUT_EXTENSIONS = (".mp4", ".gif")
+
+
+def read_prompt(path: str | os.PathLike, resolution: int, max_frames: int) -> np.ndarray:
+    """Prompt frames uint8 (t, H, W, 3): an image (t=1) or the last `max_frames` frames of a video.
+
+    A prompt of another size is centre-cropped and resized to `resolution`, with a note on stderr."""
+    from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames
+
+    p = Path(path)
+    if not p.is_file():
+        raise GenieInputError(f"{p}: no such prompt file")
+    ext = p.suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(p) as im:
+                frames = np.asarray(im.convert("RGB"))[None]
+        except (UnidentifiedImageError, OSError) as e:
+            raise GenieInputError(f"{p}: unreadable image ({e})") from None
+    elif ext in VIDEO_EXTENSIONS:
+        try:
+            frames = decode_video(p)[-max_frames:]
+        except VideoDecodeError as e:
+            raise GenieInputError(f"{p}: unreadable video ({e})") from None
+    else:
+        raise GenieInputError(f"{p}: unknown prompt type {ext or '(none)'}; use an image "
+                              f"({', '.join(IMAGE_EXTENSIONS)}) or a video ({', '.join(VIDEO_EXTENSIONS)})")
+    h, w = frames.shape[1:3]
+    if (h, w) != (resolution, resolution):
+        print(f"genie: note: prompt {p} is {w}×{h}; centre-cropped and resized to {resolution}×{resolution}",
+              file=sys.stderr)
+        frames = resize_frames(frames, resolution)
+    return frames
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise GenieInputError(f"{p}: unknown output type {p.suffix or '(none)'}; use .mp4 or .gif")
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, scale: int = 1) -> Path:
+    """Write uint8 (t, H, W, 3) frames to .mp4 (H.264 via PyAV) or .gif (Pillow), atomically."""
+    p = check_output_path(path)
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        if p.suffix.lower() == ".gif":
+            from PIL import Image
+
+            ims = [Image.fromarray(f) for f in frames]
+            ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
+        else:
+            import av
+
+            with av.open(tmp, "w") as c:
+                s = c.add_stream("libx264", rate=fps)
+                s.height, s.width = frames.shape[1:3]
+                s.pix_fmt = "yuv420p"
+                s.options = {"crf": "12"}
+                for f in frames:
+                    for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                        c.mux(pkt)
+                for pkt in s.encode():
+                    c.mux(pkt)
+        shutil.move(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

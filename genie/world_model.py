@@ -1,0 +1,181 @@
+"""The assembled world model: frozen tokenizer + latent action model + dynamics (Genie §2, Fig. 6).
+
+A world-model folder holds one export per stage::
+
+    DIR/tokenizer/  DIR/lam/  DIR/dynamics/   (each config.json + model.safetensors)
+    DIR/world_model.json                      (what was assembled, and the checks that passed)
+
+Generation: encode the prompt frame(s) to tokens, then per chosen latent action append a fully
+masked frame, fill it with the MaskGIT loop conditioned on that action, and decode to pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from data_pipelines.errors import GenieInputError
+from genie.export import load_export
+from genie.sampling import decode_tokens, rollout_tokens
+
+STAGE_FOLDERS = {"tokenizer": "tokenizer", "lam": "lam", "dynamics": "dynamics"}
+
+
+def check_compatible(tokenizer, lam, dynamics) -> None:
+    """Vocabularies, grids and resolutions must agree; a clear GenieInputError names the mismatch."""
+    t, l, d = tokenizer.config, lam.config, dynamics.config
+    problems = []
+    if d.vocab_size != t.codebook_size:
+        problems.append(f"dynamics vocab_size {d.vocab_size} != tokenizer codebook_size {t.codebook_size}")
+    if tuple(d.grid) != (t.grid_size, t.grid_size):
+        problems.append(f"dynamics grid {tuple(d.grid)} != tokenizer grid ({t.grid_size}, {t.grid_size})")
+    if d.num_actions != l.num_actions:
+        problems.append(f"dynamics num_actions {d.num_actions} != LAM num_actions {l.num_actions}")
+    if (l.image_size, l.channels) != (t.image_size, t.channels):
+        problems.append(f"LAM frames {l.image_size}px×{l.channels} != tokenizer frames {t.image_size}px×{t.channels}")
+    if problems:
+        raise GenieInputError("the three stages do not fit together: " + "; ".join(problems))
+
+
+@dataclass
+class GenieState:
+    """Interactive state: token ids of the frames so far and the actions between them."""
+
+    tokens: Tensor  # (b, t, h, w)
+    actions: Tensor  # (b, t-1)
+    generator: torch.Generator = field(repr=False)
+
+
+class WorldModel(nn.Module):
+    """Frozen tokenizer, LAM and dynamics model with `generate` and the `reset` / `step` API."""
+
+    def __init__(self, tokenizer: nn.Module, lam: nn.Module, dynamics: nn.Module):
+        super().__init__()
+        check_compatible(tokenizer, lam, dynamics)
+        self.tokenizer, self.lam, self.dynamics = tokenizer, lam, dynamics
+        self.eval()
+        self.requires_grad_(False)
+
+    # -- loading / saving -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "WorldModel":
+        p = Path(path)
+        if not p.is_dir():
+            raise GenieInputError(f"{p}: no such world-model folder")
+        missing = [f for f in STAGE_FOLDERS.values() if not (p / f).is_dir()]
+        if missing:
+            raise GenieInputError(f"{p}: not a world-model folder (missing {', '.join(missing)}/; "
+                                  "make one with `genie assemble`)")
+        return cls(*(load_export(p / folder, stage) for stage, folder in STAGE_FOLDERS.items()))
+
+    @staticmethod
+    def assemble(tokenizer: str | os.PathLike, lam: str | os.PathLike, dynamics: str | os.PathLike,
+                 out: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Check three exports fit together and copy them into one world-model folder (atomically)."""
+        srcs = {"tokenizer": Path(tokenizer), "lam": Path(lam), "dynamics": Path(dynamics)}
+        models = {stage: load_export(src, stage) for stage, src in srcs.items()}
+        check_compatible(models["tokenizer"], models["lam"], models["dynamics"])
+        out = Path(out)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise GenieInputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            for stage, src in srcs.items():
+                shutil.copytree(src, tmp / STAGE_FOLDERS[stage])
+            summary = {"stages": {s: str(src) for s, src in srcs.items()},
+                       "num_actions": models["lam"].num_actions,
+                       "vocab_size": models["tokenizer"].config.codebook_size,
+                       "image_size": models["tokenizer"].config.image_size}
+            (tmp / "world_model.json").write_text(json.dumps(summary, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def num_actions(self) -> int:
+        return self.lam.num_actions
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    def _check_actions(self, actions: Tensor) -> None:
+        if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):
+            bad = actions[(actions < 0) | (actions >= self.num_actions)][0].item()
+            raise GenieInputError(f"action id {bad} is outside the latent action vocabulary 0..{self.num_actions - 1}")
+
+    def _prompt(self, prompt: Tensor) -> Tensor:
+        if prompt.ndim == 4:
+            prompt = prompt[:, None] if prompt.shape[1] == self.tokenizer.config.channels else prompt[None]
+        if prompt.ndim != 5:
+            raise GenieInputError(f"prompt must be (b, t, c, H, W) or (b, c, H, W), got {tuple(prompt.shape)}")
+        return prompt
+
+    # -- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: Tensor) -> tuple[Tensor, Tensor]:
+        """Prompt video (b, t0, c, H, W) → its tokens (b, t0, h, w) and LAM actions between its frames (b, t0-1)."""
+        prompt = self._prompt(prompt)
+        window = self.tokenizer.config.num_frames
+        prompt = prompt[:, -min(prompt.shape[1], window, self.dynamics.config.num_frames - 1):]
+        tokens = self.tokenizer.encode(prompt)
+        actions = self.lam.infer_actions(prompt) if prompt.shape[1] > 1 else tokens.new_zeros((prompt.shape[0], 0))
+        return tokens, actions
+
+    @torch.no_grad()
+    def generate(self, prompt_frames: Tensor, actions: Tensor | list[int], steps: int = 25, temperature: float = 1.0,
+                 seed: int | None = 0, use_cache: bool = True, unmask: str = "confidence") -> Tensor:
+        """Roll out one frame per action from a prompt.
+
+        prompt_frames: (b, t0, c, H, W) or (b, c, H, W) in [-1, 1]. actions: (b, T) or (T,) latent action ids.
+        Returns video (b, t0 + T, c, H, W) in [-1, 1]: the (re-decoded) prompt, then the generated frames.
+        The same seed gives the same frames.
+        """
+        prompt_frames = self._prompt(prompt_frames)
+        b = prompt_frames.shape[0]
+        actions = torch.as_tensor(actions, dtype=torch.long)
+        if actions.ndim == 1:
+            actions = actions[None].expand(b, -1)
+        self._check_actions(actions)
+        tokens, prompt_actions = self.encode_prompt(prompt_frames)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(seed if seed is not None else torch.seed())
+        out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), steps=steps, temperature=temperature,
+                             generator=g, use_cache=use_cache, unmask=unmask,
+                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None)
+        return decode_tokens(self.tokenizer, out).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reset(self, prompt: Tensor, seed: int = 0) -> GenieState:
+        """Start an interactive session from a prompt (b, t0, c, H, W) or (b, c, H, W)."""
+        tokens, actions = self.encode_prompt(prompt)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(seed)
+        return GenieState(tokens=tokens, actions=actions, generator=g)
+
+    @torch.no_grad()
+    def step(self, state: GenieState, action: int | Tensor, steps: int = 25, temperature: float = 1.0) -> Tensor:
+        """Apply one latent action: returns the new frame (b, c, H, W) and extends `state` in place."""
+        b = state.tokens.shape[0]
+        a = torch.as_tensor(action, dtype=torch.long).reshape(-1).expand(b)[:, None]
+        self._check_actions(a)
+        window = self.dynamics.config.num_frames - 1
+        ctx, ctx_actions = state.tokens[:, -window:], state.actions[:, -(window - 1):] if window > 1 else state.actions[:, :0]
+        ctx_actions = ctx_actions[:, ctx_actions.shape[1] - (ctx.shape[1] - 1):]
+        out = rollout_tokens(self.dynamics, ctx, a, steps=steps, temperature=temperature, generator=state.generator,
+                             prompt_actions=ctx_actions if ctx.shape[1] > 1 else None)
+        state.tokens = torch.cat([state.tokens, out[:, -1:]], dim=1)
+        state.actions = torch.cat([state.actions, a], dim=1)
+        return decode_tokens(self.tokenizer, state.tokens[:, -self.tokenizer.config.num_frames:])[:, -1].clamp(-1, 1)

@@ -1,0 +1,120 @@
+"""The assembled world model: sampler equivalences, determinism, the step API and `genie generate`."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from data_pipelines.errors import GenieInputError
+from dynamics.config import DynamicsConfig
+from dynamics.model import DynamicsModel
+from genie.export import save_export
+from genie.sampling import rollout_tokens
+from genie.world_model import WorldModel
+from latent_actions.config import LatentActionConfig
+from latent_actions.model import LatentActionModel
+from tests.conftest import run_genie, stderr_line
+from tokenizer.config import TokenizerConfig
+from tokenizer.model import VideoTokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    tok, lam = VideoTokenizer(TokenizerConfig.preset("debug")), LatentActionModel(LatentActionConfig.preset("debug"))
+    tok(x), lam(x)
+    dyn = DynamicsModel(DynamicsConfig.preset("debug"))
+    root = tmp_path_factory.mktemp("wm")
+    for stage, m in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
+        save_export(m.eval(), root / stage, stage)
+    WorldModel.assemble(root / "tokenizer", root / "lam", root / "dynamics", root / "world")
+    return root
+
+
+def test_cached_and_uncached_samplers_agree_past_the_window():
+    torch.manual_seed(1)
+    dyn = DynamicsModel(DynamicsConfig.preset("debug")).eval()  # num_frames 4: 7 new frames slide the window
+    prompt = torch.randint(0, 32, (2, 1, 8, 8))
+    actions = torch.randint(0, 8, (2, 7))
+    outs = [rollout_tokens(dyn, prompt, actions, steps=6, generator=torch.Generator().manual_seed(5), use_cache=c)
+            for c in (True, False)]
+    assert outs[0].shape == (2, 8, 8, 8)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0][:, 0], prompt[:, 0])
+    again = rollout_tokens(dyn, prompt, actions, steps=6, generator=torch.Generator().manual_seed(5))
+    other = rollout_tokens(dyn, prompt, actions, steps=6, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(again, outs[0]) and not torch.equal(other, outs[0])
+
+
+def test_generate_is_deterministic_and_step_api_matches(world):
+    wm = WorldModel.from_pretrained(world / "world")
+    prompt = torch.rand(1, 3, 64, 64) * 2 - 1
+    a = wm.generate(prompt, [1, 2, 3], steps=4, seed=3)
+    b = wm.generate(prompt, [1, 2, 3], steps=4, seed=3)
+    c = wm.generate(prompt, [1, 2, 3], steps=4, seed=4)
+    assert a.shape == (1, 4, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    state = wm.reset(prompt[:, None], seed=0)
+    frames = [wm.step(state, act, steps=4) for act in (1, 2, 3, 4, 5)]  # past the 4-frame window
+    assert all(f.shape == (1, 3, 64, 64) for f in frames)
+    assert state.tokens.shape == (1, 6, 8, 8) and state.actions.tolist() == [[1, 2, 3, 4, 5]]
+    assert all(not p.requires_grad for p in wm.parameters()) and not wm.training
+    with pytest.raises(GenieInputError, match="outside the latent action vocabulary"):
+        wm.generate(prompt, [8])
+
+
+def test_assemble_refuses_mismatched_stages(world, tmp_path):
+    dyn = DynamicsModel(DynamicsConfig.preset("debug", vocab_size=64))
+    save_export(dyn, tmp_path / "dyn64", "dynamics")
+    with pytest.raises(GenieInputError, match="vocab_size 64 != tokenizer codebook_size 32"):
+        WorldModel.assemble(world / "tokenizer", world / "lam", tmp_path / "dyn64", tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    p = run_genie("assemble", "--tokenizer", world / "tokenizer", "--lam", world / "lam", "--dynamics", tmp_path / "dyn64",
+                  "--out", tmp_path / "w")
+    assert p.returncode == 2 and "do not fit together" in stderr_line(p)
+
+
+def test_genie_generate_writes_a_readable_video(world, tmp_path):
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "p.png")
+    p = run_genie("generate", "--model", world / "world", "--prompt", tmp_path / "p.png", "--actions", "0,3,3,1,7",
+                  "--out", tmp_path / "out.mp4", "--steps", "4")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resized to 64×64" in p.stderr
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 6 and frames[0].shape == (64, 64, 3)
+    p = run_genie("generate", "--model", world / "world", "--prompt", tmp_path / "p.png", "--actions", "2,2",
+                  "--out", tmp_path / "out.gif", "--steps", "2")
+    assert p.returncode == 0 and Image.open(tmp_path / "out.gif").n_frames == 3
+
+
+@pytest.mark.parametrize("case", ["bad_action", "bad_prompt", "bad_ext", "not_numbers", "no_model"])
+def test_genie_generate_bad_input_exit_2(world, tmp_path, case):
+    (tmp_path / "p.png").write_bytes(b"not an image")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ok.png")
+    args = {"bad_action": ("ok.png", "0,8", "o.mp4", world / "world"), "bad_prompt": ("p.png", "0", "o.mp4", world / "world"),
+            "bad_ext": ("ok.png", "0", "o.avi", world / "world"), "not_numbers": ("ok.png", "0,x", "o.mp4", world / "world"),
+            "no_model": ("ok.png", "0", "o.mp4", tmp_path / "none")}[case]
+    p = run_genie("generate", "--model", args[3], "--prompt", tmp_path / args[0], "--actions", args[1],
+                  "--out", tmp_path / args[2], "--steps", "2")
+    assert p.returncode == 2
+    line = stderr_line(p)
+    assert {"bad_action": "vocabulary 0..7", "bad_prompt": "unreadable image", "bad_ext": "unknown output type",
+            "not_numbers": "comma-separated", "no_model": "no such world-model folder"}[case] in line
+    assert not (tmp_path / args[2]).exists()
