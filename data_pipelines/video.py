@@ -44,6 +44,16 @@ def list_videos(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     return videos, others
 
 
+def _check_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise VideoDecodeError("empty file (0 bytes)")
+    except OSError as e:
+        raise VideoDecodeError(f"unreadable ({e.strerror})") from None
+    return path
+
+
 def _decode_decord(path: Path) -> np.ndarray:
     import decord
 
@@ -68,12 +78,7 @@ def _decode_pyav(path: Path) -> np.ndarray:
 
 def decode_video(path: str | os.PathLike, backend: str = "auto") -> np.ndarray:
     """All frames of one file as uint8 (n,H,W,3). Raises VideoDecodeError with the reason."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise VideoDecodeError("empty file (0 bytes)")
-    except OSError as e:
-        raise VideoDecodeError(f"unreadable ({e.strerror})") from None
+    path = _check_file(path)
     errors = []
     backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[backend]
     for b in backends:
@@ -123,12 +128,7 @@ def split_of_file(relpath: str, val_fraction: float, test_fraction: float) -> st
 def read_video_resized(path: str | os.PathLike, resolution: int, backend: str = "auto",
                        window: int = 256) -> np.ndarray:
     """Decode and resize one file window by window (bounded memory at the source resolution)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise VideoDecodeError("empty file (0 bytes)")
-    except OSError as e:
-        raise VideoDecodeError(f"unreadable ({e.strerror})") from None
+    path = _check_file(path)
     if backend in ("auto", "decord"):
         try:
             import decord

@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from genie.nn.config import StageConfig
+
 ACTION_CONDITIONINGS = ("additive", "token")
 
 
 @dataclass
-class DynamicsConfig:
+class DynamicsConfig(StageConfig):
     """Sizes of the dynamics model. Defaults are the Genie CoinRun case study (App. F).
 
     `vocab_size` is the tokenizer's codebook size; the model embeds one extra id, `vocab_size`
@@ -24,6 +26,8 @@ class DynamicsConfig:
       spreads it over the frame); frame 0's action token is the learned "no action" embedding.
     Either way the prediction of frame t+1 sees a_t and nothing of a_{t+1} onwards.
     """
+
+    PRESET_KIND = "dynamics"
 
     vocab_size: int = 1024
     grid: tuple[int, int] = (16, 16)
@@ -73,28 +77,6 @@ class DynamicsConfig:
     def tokens_per_frame(self) -> int:
         """n = h * w."""
         return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict of every field."""
-        data = dataclasses.asdict(self)
-        data["grid"] = list(self.grid)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DynamicsConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DynamicsConfig key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> DynamicsConfig:
-        """A named preset (see PRESETS), optionally with some fields overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown dynamics preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

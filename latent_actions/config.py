@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from genie.nn.config import StageConfig
+
 
 @dataclass
-class LatentActionConfig:
+class LatentActionConfig(StageConfig):
     """Sizes of the latent action model. Defaults are the Genie CoinRun case study (App. F), except
     `num_actions=8`, the |A| of Genie §2.2 (the CoinRun case study used 6: preset "coinrun-paper").
 
@@ -22,6 +24,8 @@ class LatentActionConfig:
     a moderate guess, not yet measured on CoinRun; on synthetic sprites (where the past says
     nothing about the next random action) masking only slowed learning.
     """
+
+    PRESET_KIND = "latent action"
 
     image_size: int = 64
     channels: int = 3
@@ -92,28 +96,6 @@ class LatentActionConfig:
     def tokens_per_frame(self) -> int:
         """n = h * w."""
         return self.grid_size**2
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatentActionConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown LatentActionConfig key(s) {unknown}; known keys: {sorted(known)}"
-            )
-        return cls(**data)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> LatentActionConfig:
-        """A named preset (see PRESETS), optionally with some fields overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown latent action preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

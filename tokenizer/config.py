@@ -7,16 +7,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from genie.nn.config import StageConfig
+
 QUANTIZERS = ("vq", "fsq")
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(StageConfig):
     """Sizes of the video tokenizer. Defaults are the Genie CoinRun case study (App. F).
 
     `codebook_size` is the number of token ids downstream stages see. With quantizer="fsq" it must
     equal prod(fsq_levels) and the code dim is len(fsq_levels) (`code_dim` is then unused).
     """
+
+    PRESET_KIND = "tokenizer"
 
     image_size: int = 64
     channels: int = 3
@@ -94,30 +98,6 @@ class TokenizerConfig:
     def tokens_per_frame(self) -> int:
         """n = h * w."""
         return self.grid_size**2
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict of every field."""
-        data = dataclasses.asdict(self)
-        data["fsq_levels"] = list(self.fsq_levels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TokenizerConfig key(s) {unknown}; known keys: {sorted(known)}"
-            )
-        return cls(**data)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TokenizerConfig:
-        """A named preset (see PRESETS), optionally with some fields overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown tokenizer preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
