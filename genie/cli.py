@@ -126,6 +126,28 @@ def _cmd_assemble(a: argparse.Namespace) -> None:
     print(f"assembled world model → {out}")
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from genie.evaluate import evaluate, markdown_table
+
+    out = Path(a.out)
+    if out.suffix.lower() != ".json":
+        raise GenieInputError(f"{out}: --out must be a .json file")
+    res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
+                   horizon=a.horizon, progress=not a.quiet)
+    table = markdown_table(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -209,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_cmd_assemble)
+
+    e = sub.add_parser("evaluate", help="evaluate the stages a model folder holds (JSON + markdown table)")
+    e.add_argument("--model", required=True, help="world-model folder or a single stage export")
+    e.add_argument("--data", required=True, help="dataset folder (held-out levels)")
+    e.add_argument("--out", required=True, help="output .json (a .md table is written beside it)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--num-clips", type=int, default=128)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--steps", type=int, default=25, help="MaskGIT steps per generated frame")
+    e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -1,0 +1,237 @@
+"""Evaluation of whatever stages a model folder holds (DESIGN §8).
+
+- tokenizer: reconstruction PSNR, SSIM, codebook usage and perplexity;
+- LAM: code usage; with true actions, NMI and linear-probe accuracy against them, each next to the
+  same figure with shuffled labels;
+- world model: rollout PSNR/SSIM per horizon step from 1 prompt frame with LAM-inferred actions, the
+  copy-last-frame baseline, and ΔtPSNR (Genie §3: inferred minus random actions) with a 95% interval.
+
+Clips are a fixed, seeded subset of the split, so the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_pipelines.clips import ClipDataset
+from data_pipelines.errors import GenieInputError
+from genie.metrics import normalized_mutual_info, psnr
+
+
+def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-frame SSIM of (n, c, H, W) frames in [-1, 1] (torchmetrics), returns (n,)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    p = (pred.float().clamp(-1, 1) + 1) / 2
+    t = (target.float().clamp(-1, 1) + 1) / 2
+    return structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+
+
+def linear_probe_accuracy(codes: np.ndarray, labels: np.ndarray, num_codes: int, seed: int = 0,
+                          steps: int = 300) -> float:
+    """Held-out accuracy of a multinomial logistic regression from one-hot codes to labels.
+
+    Half of the samples (seeded split) train it, the other half score it."""
+    g = np.random.default_rng(seed)
+    idx = g.permutation(len(codes))
+    half = len(idx) // 2
+    tr, te = idx[:half], idx[half:]
+    classes, y = np.unique(labels, return_inverse=True)
+    x = torch.nn.functional.one_hot(torch.as_tensor(codes, dtype=torch.long), num_codes).float()
+    y = torch.as_tensor(y, dtype=torch.long)
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(num_codes, len(classes))
+    opt = torch.optim.Adam(probe.parameters(), lr=0.1)
+    with torch.enable_grad():  # callers evaluate under no_grad
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(probe(x[tr]), y[tr])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((probe(x[te]).argmax(-1) == y[te]).float().mean())
+
+
+def mean_ci95(values: np.ndarray) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)], "n": int(len(v))}
+
+
+def _batches(ds: ClipDataset, batch: int):
+    for i in range(0, len(ds), batch):
+        items = [ds[j] for j in range(i, min(len(ds), i + batch))]
+        out = {"video": torch.stack([it["video"] for it in items])}
+        if "actions" in items[0]:
+            out["actions"] = torch.stack([it["actions"] for it in items])
+        yield out
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None) -> dict:
+    from genie.nn import codebook_usage
+
+    ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
+    ps, ss, ids = [], [], []
+    for b in _batches(ds, batch):
+        out = tokenizer(b["video"])
+        ps.append(psnr(out.recon, b["video"]).flatten())
+        ss.append(_ssim(out.recon.flatten(0, 1), b["video"].flatten(0, 1)))
+        ids.append(out.indices.flatten())
+        if progress:
+            progress(len(b["video"]))
+    u = codebook_usage(torch.cat(ids), tokenizer.codebook_size)
+    return {"clips": len(ds), "clip_len": ds.clip_len, "psnr_db": float(torch.cat(ps).mean()),
+            "ssim": float(torch.cat(ss).mean()), "codebook_usage": float(u.usage), "codebook_perplexity": float(u.perplexity)}
+
+
+@torch.no_grad()
+def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None) -> dict:
+    from genie.nn import codebook_usage
+
+    ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
+    codes, true, p_inf, p_rand = [], [], [], []
+    g = torch.Generator().manual_seed(seed)
+    for b in _batches(ds, batch):
+        video = b["video"]
+        out = lam(video)
+        rand = torch.randint(0, lam.num_actions, out.actions.shape, generator=g)
+        p_inf.append(psnr(out.pred, video[:, 1:]).flatten())
+        p_rand.append(psnr(lam.decode_with_actions(video[:, :-1], rand), video[:, 1:]).flatten())
+        codes.append(out.actions.flatten())
+        if "actions" in b:
+            true.append(b["actions"].flatten())
+        if progress:
+            progress(len(video))
+    codes_np = torch.cat(codes).numpy()
+    u = codebook_usage(torch.cat(codes), lam.num_actions)
+    res = {"clips": len(ds), "transitions": int(len(codes_np)), "code_usage": float(u.usage),
+           "codes_used": int(len(np.unique(codes_np))), "num_actions": lam.num_actions,
+           "code_perplexity": float(u.perplexity),
+           "next_frame_psnr_inferred_db": float(torch.cat(p_inf).mean()),
+           "next_frame_psnr_random_db": float(torch.cat(p_rand).mean())}
+    if not true:
+        res["action_metrics"] = "not computed: the data has no true actions"
+        return res
+    labels = torch.cat(true).numpy()
+    merge = ds.card.get("merged_action")
+    if merge:
+        labels = np.asarray(merge)[labels]
+        res["true_actions"] = f"merged by the dataset card's merged_action table ({len(np.unique(merge))} classes)"
+    shuffled = np.random.default_rng(seed).permutation(labels)
+    res.update(nmi=normalized_mutual_info(codes_np, labels), nmi_shuffled=normalized_mutual_info(codes_np, shuffled),
+               probe_accuracy=linear_probe_accuracy(codes_np, labels, lam.num_actions, seed),
+               probe_accuracy_shuffled=linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed))
+    return res
+
+
+@torch.no_grad()
+def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
+                         steps: int = 25, batch: int = 4, progress=None) -> dict:
+    """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip."""
+    from genie.sampling import decode_tokens, rollout_tokens
+
+    ds = ClipDataset(data, split, clip_len=horizon + 1, num_clips=num_clips, seed=seed)
+    if horizon + 1 > wm.lam.config.num_frames:
+        raise GenieInputError(f"horizon {horizon} needs LAM clips of {horizon + 1} frames (LAM num_frames {wm.lam.config.num_frames})")
+    g = torch.Generator().manual_seed(seed)
+    ps, ss, base, delta = [], [], [], []
+    for b in _batches(ds, batch):
+        video = b["video"]
+        n = video.shape[0]
+        acts = wm.lam.infer_actions(video)  # (n, horizon)
+        prompt = wm.tokenizer.encode(video[:, :1])
+        gen = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, acts, steps=steps, generator=g))[:, 1:]
+        target = video[:, 1:]
+        ps.append(psnr(gen, target))  # (n, horizon)
+        ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon))
+        base.append(psnr(video[:, :1].expand_as(target), target))
+        rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g)
+        gen_r = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, rand, steps=steps, generator=g))[:, -1]
+        delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]))
+        if progress:
+            progress(n)
+    ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
+    return {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps,
+            "rollout_psnr_db": [float(x) for x in ps.mean(0)], "rollout_ssim": [float(x) for x in ss.mean(0)],
+            "copy_last_frame_psnr_db": [float(x) for x in base.mean(0)],
+            "above_baseline_every_step": bool((ps.mean(0) > base.mean(0)).all()),
+            f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
+
+
+def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_clips: int = 128, seed: int = 0,
+             steps: int = 25, horizon: int = 10, delta_t: int = 4, progress: bool = True) -> dict:
+    """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export."""
+    import json
+
+    from genie.export import load_export
+
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise GenieInputError(f"{p}: no such model folder")
+    torch.manual_seed(seed)
+    stages = {}
+    if (p / "config.json").is_file():
+        stage = json.loads((p / "config.json").read_text()).get("genie_stage")
+        if stage not in ("tokenizer", "lam", "dynamics"):
+            raise GenieInputError(f"{p}: not a genie export or world-model folder")
+        stages[stage] = load_export(p, stage)
+    else:
+        for stage in ("tokenizer", "lam", "dynamics"):
+            if (p / stage).is_dir():
+                stages[stage] = load_export(p / stage, stage)
+    if not stages:
+        raise GenieInputError(f"{p}: holds no genie export (expected tokenizer/, lam/, dynamics/ or config.json)")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True)
+    tick = bar.update if bar is not None else None
+    out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed, "stages": sorted(stages)}
+    if "tokenizer" in stages:
+        out["tokenizer"] = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick)
+    if "lam" in stages:
+        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick)
+    if len(stages) == 3:
+        from genie.world_model import WorldModel
+
+        wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
+        out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
+                                                  steps=steps, progress=tick)
+    elif "dynamics" in stages:
+        out["world_model"] = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
+    out["fvd"] = "not computed: FVD needs I3D weights, which genie never downloads"
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def markdown_table(res: dict) -> str:
+    """A short markdown summary of an evaluation result."""
+    rows = ["| stage | metric | value |", "|---|---|---|"]
+    t = res.get("tokenizer")
+    if isinstance(t, dict):
+        rows += [f"| tokenizer | reconstruction PSNR | {t['psnr_db']:.2f} dB |", f"| tokenizer | SSIM | {t['ssim']:.4f} |",
+                 f"| tokenizer | codebook usage | {t['codebook_usage']:.1%} (perplexity {t['codebook_perplexity']:.1f}) |"]
+    lam = res.get("lam")
+    if isinstance(lam, dict):
+        rows.append(f"| LAM | codes used | {lam['codes_used']} of {lam['num_actions']} (perplexity {lam['code_perplexity']:.2f}) |")
+        rows.append(f"| LAM | next-frame PSNR inferred / random action | {lam['next_frame_psnr_inferred_db']:.2f} / "
+                    f"{lam['next_frame_psnr_random_db']:.2f} dB |")
+        if "nmi" in lam:
+            rows.append(f"| LAM | NMI vs true actions (shuffled) | {lam['nmi']:.3f} ({lam['nmi_shuffled']:.3f}) |")
+            rows.append(f"| LAM | linear-probe accuracy (shuffled) | {lam['probe_accuracy']:.3f} ({lam['probe_accuracy_shuffled']:.3f}) |")
+    w = res.get("world_model")
+    if isinstance(w, dict):
+        rows.append("| world model | rollout PSNR per step | " + ", ".join(f"{x:.2f}" for x in w["rollout_psnr_db"]) + " |")
+        rows.append("| world model | copy-last-frame PSNR | " + ", ".join(f"{x:.2f}" for x in w["copy_last_frame_psnr_db"]) + " |")
+        key = next(k for k in w if k.startswith("delta_t_psnr"))
+        d = w[key]
+        rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")
+    rows.append(f"| — | FVD | {res['fvd']} |")
+    return "\n".join(rows) + "\n"

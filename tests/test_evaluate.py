@@ -1,0 +1,61 @@
+"""Metrics on toy inputs with known answers, and `genie evaluate` on a debug world model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipelines.storage import DatasetWriter
+from genie.evaluate import evaluate, linear_probe_accuracy, mean_ci95
+from genie.metrics import normalized_mutual_info, psnr
+from tests.conftest import coded_episode, run_genie
+from tests.test_world_model import world  # noqa: F401  (fixture)
+
+
+def test_psnr_of_a_known_noise_level():
+    x = torch.zeros(2, 3, 8, 8)
+    y = x + 0.2  # in [-1,1] units: 0.1 on [0,1] → MSE 0.01 → 20 dB
+    assert torch.allclose(psnr(y, x), torch.full((2,), 20.0), atol=1e-4)
+
+
+def test_nmi_of_perfect_and_independent_labellings():
+    a = np.repeat(np.arange(4), 250)
+    assert normalized_mutual_info(a, (a + 1) % 4) == pytest.approx(1.0)  # a relabelling is perfect
+    b = np.tile(np.arange(5), 200)  # independent of a by construction
+    assert normalized_mutual_info(a, b) == pytest.approx(0.0, abs=1e-9)
+    assert normalized_mutual_info(a, np.zeros_like(a)) == 0.0
+
+
+def test_linear_probe_and_interval():
+    codes = np.tile(np.arange(6), 100)
+    assert linear_probe_accuracy(codes, codes % 3, 6) == 1.0
+    shuffled = np.random.default_rng(0).permutation(codes % 3)
+    assert linear_probe_accuracy(codes, shuffled, 6) < 0.5
+    m = mean_ci95(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert m["mean"] == 2.5 and m["ci95"][0] < 2.5 < m["ci95"][1] and m["n"] == 4
+
+
+def test_evaluate_debug_world_is_deterministic(world, tmp_path):  # noqa: F811
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8, card={"merged_action": [0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4]}) as w:
+        for e in range(3):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    kw = dict(split="test", num_clips=6, seed=1, steps=2, horizon=3, delta_t=2, progress=False)
+    a = evaluate(world / "world", data, **kw)
+    b = evaluate(world / "world", data, **kw)
+    assert a == b
+    assert {"tokenizer", "lam", "world_model", "fvd"} <= set(a)
+    assert {"psnr_db", "ssim", "codebook_usage"} <= set(a["tokenizer"])
+    assert {"nmi", "nmi_shuffled", "probe_accuracy", "probe_accuracy_shuffled", "code_usage"} <= set(a["lam"])
+    wm = a["world_model"]
+    assert len(wm["rollout_psnr_db"]) == 3 and len(wm["copy_last_frame_psnr_db"]) == 3
+    assert wm["delta_t_psnr_t2_db"]["n"] == 6
+    p = run_genie("evaluate", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "e.json",
+                  "--num-clips", "4", "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["stages"] == ["tokenizer"] and (tmp_path / "e.md").read_text().startswith("| stage")
