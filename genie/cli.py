@@ -148,6 +148,15 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
 
 
+def _cmd_probe(a: argparse.Namespace) -> None:
+    from genie.probe import probe
+
+    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed)
+    print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
+    if "keymap" in res:
+        print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -243,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
+    pr.add_argument("--model", required=True, help="world-model folder")
+    pr.add_argument("--data", required=True, help="dataset folder")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--prompts", type=int, default=4)
+    pr.add_argument("--repeat", type=int, default=4, help="times each action is repeated")
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--steps", type=int, default=25)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(func=_cmd_probe)
     return p
 
 

@@ -59,3 +59,22 @@ def test_evaluate_debug_world_is_deterministic(world, tmp_path):  # noqa: F811
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["stages"] == ["tokenizer"] and (tmp_path / "e.md").read_text().startswith("| stage")
+
+
+def test_probe_writes_its_files(world, tmp_path):  # noqa: F811
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8, card={"action_names": [str(i) for i in range(15)]}) as w:
+        for e in range(3):
+            w.add_episode(coded_episode(e, 8, h=64, w=64), "test")
+        w.close()
+    p = run_genie("probe", "--model", world / "world", "--data", data, "--out", tmp_path / "probe", "--prompts", "2",
+                  "--repeat", "2", "--steps", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    files = {f.name for f in (tmp_path / "probe").iterdir()}
+    assert {"grid.png", "index.html", "confusion.json", "confusion.png", "keymap.json", "probe.json"} <= files
+    assert {f"action_{a}.gif" for a in range(8)} <= files
+    from PIL import Image
+
+    assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
+    conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())
+    assert len(conf["counts"]) == 8 and sum(map(sum, conf["counts"])) > 0
