@@ -157,6 +157,12 @@ def _cmd_probe(a: argparse.Namespace) -> None:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
 
 
+def _cmd_quickstart(a: argparse.Namespace) -> None:
+    from genie.quickstart import quickstart
+
+    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -263,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=int, default=25)
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=_cmd_probe)
+
+    q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun, sized for a 2-core machine")
+    q.add_argument("--out", default="quickstart", help="folder for data, runs, model, report, samples")
+    q.add_argument("--minutes", type=float, default=30.0, help="total time budget")
+    q.add_argument("--pretrained", action="store_true", help="use the committed models in pretrained/ (no training)")
+    q.add_argument("--tiny", action="store_true", help="debug presets and a few steps: a smoke run of the pipeline")
+    q.add_argument("--episodes", type=int, default=None, help="training episodes to record")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_cmd_quickstart)
     return p
 
 
