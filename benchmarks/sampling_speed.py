@@ -4,7 +4,7 @@
 
 For each (MaskGIT steps, context length) it primes a context of random tokens, then generates
 `--frames` new frames one by one (batch 1) and reports generated frames per second. Tokens only:
-decoding to pixels is the tokenizer's cost (benchmarks/tokenizer_speed.py).
+decoding to pixels is the tokenizer's cost (benchmarks/train_speed.py).
 """
 
 from __future__ import annotations
