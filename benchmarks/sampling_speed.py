@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, nargs="+", default=[4, 15])
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--export", default=None, help="a dynamics export instead of a randomly initialised preset")
+    ap.add_argument("--override", nargs="*", default=[], help="config overrides key=value (tuples as 16x16)")
+    ap.add_argument("--name", default=None)
     a = ap.parse_args()
     from dynamics.config import DynamicsConfig
     from dynamics.model import DynamicsModel
@@ -39,7 +41,10 @@ def main() -> None:
         model = load_export(a.export, "dynamics")
     else:
         torch.manual_seed(0)
-        model = DynamicsModel(DynamicsConfig.preset(a.preset)).eval()
+        base = DynamicsConfig.preset(a.preset)
+        over = {k: (tuple(int(x) for x in v.split("x")) if isinstance(getattr(base, k), tuple) else type(getattr(base, k))(v))
+                for k, v in (o.split("=") for o in a.override)}
+        model = DynamicsModel(DynamicsConfig.preset(a.preset, **over)).eval()
     cfg = model.config
     rows = []
     for steps in a.steps:
@@ -61,7 +66,7 @@ def main() -> None:
             rows.append(row)
             print(f"steps {steps:2d}, context {ctx:2d}: cached {row['cached']:.2f} frames/s, "
                   f"uncached {row['uncached']:.2f} frames/s, ×{row['speedup']:.1f}")
-    save(f"sampling_speed_{a.preset if not a.export else 'export'}",
+    save(a.name or f"sampling_speed_{a.preset if not a.export else 'export'}",
          {"settings": {"preset": a.preset, "export": a.export, "config": cfg.to_dict(), "batch": 1,
                        "threads": torch.get_num_threads()}, "rows": rows})
 
