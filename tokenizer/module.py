@@ -108,7 +108,8 @@ class TokenizerModule(GenieModule):
         for v, r in zip(video, recon):
             rows += [v[:8], r[:8]]
         grid = video_grid(rows)
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        # not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock)
+        log_dir = Path(getattr(self.logger, "log_dir", None) or self.trainer.default_root_dir)
         try:
             from PIL import Image
 
