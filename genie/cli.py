@@ -73,8 +73,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_tokenize(a: argparse.Namespace) -> None:
     from genie.tokenize import tokenize_dataset
 
-    s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, overwrite=a.overwrite,
-                         progress=not a.quiet)
+    s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, max_episodes=a.max_episodes,
+                         overwrite=a.overwrite, progress=not a.quiet)
     print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
 
 
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--data", required=True, help="video dataset folder")
     k.add_argument("--out", required=True, help="token dataset folder to create")
     k.add_argument("--batch-size", type=int, default=16, help="windows encoded at once")
+    k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
     k.add_argument("--overwrite", action="store_true")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=_cmd_tokenize)

@@ -35,6 +35,11 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
 
     t0 = time.perf_counter()
     out = Path(out)
+    if pretrained:
+        missing = [s for s in ("tokenizer", "lam", "dynamics") if not (PRETRAINED / s / "model.safetensors").is_file()]
+        if missing:
+            raise GenieInputError(f"--pretrained: no committed {', '.join(missing)} model in {PRETRAINED} yet; "
+                                  "run `genie quickstart` without it to train them")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise GenieInputError(f"{out}: exists and is not empty (pass --overwrite to start over)")
     out.mkdir(parents=True, exist_ok=True)
@@ -42,19 +47,18 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     n_train = episodes or (6 if tiny else 200)
     n_test = max(2, n_train // 10)
     max_steps = 200 if tiny else 1000
-    print(f"[1/6] recording CoinRun: {n_train} episodes on training levels, {n_test} on held-out levels")
     data, heldout = out / "data" / "coinrun", out / "data" / "heldout"
-    record_coinrun(data, n_train, start_level=0, num_levels=100000, seed=0, max_steps=max_steps, overwrite=True,
-                   val_fraction=0.1, test_fraction=0.0, progress=not tiny)
+    if pretrained:  # nothing to train: only the held-out levels are needed
+        print(f"[1/6] recording CoinRun: {n_test} episodes on held-out levels")
+    else:
+        print(f"[1/6] recording CoinRun: {n_train} episodes on training levels, {n_test} on held-out levels")
+        record_coinrun(data, n_train, start_level=0, num_levels=100000, seed=0, max_steps=max_steps, overwrite=True,
+                       val_fraction=0.1, test_fraction=0.0, progress=not tiny)
     record_coinrun(heldout, n_test, start_level=1_000_000, num_levels=100000, seed=1, max_steps=max_steps,
                    split="test", overwrite=True, progress=not tiny)
 
     model = out / "model"
     if pretrained:
-        missing = [s for s in ("tokenizer", "lam", "dynamics") if not (PRETRAINED / s / "model.safetensors").is_file()]
-        if missing:
-            raise GenieInputError(f"--pretrained: no committed {', '.join(missing)} model in {PRETRAINED} yet; "
-                                  "run `genie quickstart` without it to train them")
         print("[2-4/6] using the committed pretrained models (no training)")
         WorldModel.assemble(PRETRAINED / "tokenizer", PRETRAINED / "lam", PRETRAINED / "dynamics", model, overwrite=True)
     else:
@@ -105,7 +109,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         video = wm.generate(prompt[None], [a] * (3 if tiny else 8), steps=4 if tiny else 25, seed=0)
         path = write_clip(out / "samples" / f"action_{a}.gif", video_to_frames(video[0]), fps=4, scale=2)
         samples.append(str(path))
-    torch.set_num_threads(torch.get_num_threads())
     minutes_taken = (time.perf_counter() - t0) / 60
     print()
     print(table)

@@ -24,10 +24,14 @@ from genie.export import load_export
 
 @torch.no_grad()
 def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, lam_dir: str | Path | None = None,
-                     batch_size: int = 16, overwrite: bool = False, progress: bool = True) -> dict:
+                     batch_size: int = 16, max_episodes: int | None = None, overwrite: bool = False,
+                     progress: bool = True) -> dict:
     """Tokenise every split of `data`. With `lam_dir`, the stored actions are the LAM's latent actions
     (inferred over windows of the LAM's num_frames that overlap by one frame, so every transition,
-    window boundaries included, gets one); without it, the dataset's own actions are carried along."""
+    window boundaries included, gets one); without it, the dataset's own actions are carried along.
+    `max_episodes` keeps only the first that many episodes of each split (a quicker, smaller dataset)."""
+    if max_episodes is not None and max_episodes < 1:
+        raise GenieInputError(f"--max-episodes must be >= 1, got {max_episodes}")
     model = load_export(tokenizer_dir, "tokenizer")
     lam = load_export(lam_dir, "lam") if lam_dir is not None else None
     if lam is not None and (lam.config.image_size, lam.config.channels) != (model.config.image_size, model.config.channels):
@@ -43,12 +47,16 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
         raise GenieInputError(f"{tokenizer_dir}: codebook of {cfg.codebook_size} does not fit uint16")
     window = cfg.num_frames
     splits = [s for s in SPLITS if s in card.get("splits", {})]
-    total = sum(card["splits"][s]["frames"] for s in splits)
+    sets = {s: ClipDataset(data, s, clip_len=1) for s in splits}
+    episodes = {s: range(min(sets[s].num_episodes, max_episodes or sets[s].num_episodes)) for s in splits}
+    total = sum(len(sets[s].episode_frames(e)) for s in splits for e in episodes[s])
     new_card = {k: card[k] for k in ("source", "num_actions", "action_names", "merged_action", "split_key") if k in card}
     if lam is not None:
         new_card.update(num_actions=lam.num_actions, actions="latent", lam={"path": str(lam_dir), "num_actions": lam.num_actions})
         new_card.pop("action_names", None)
         new_card.pop("merged_action", None)
+    if max_episodes is not None:
+        new_card["max_episodes_per_split"] = max_episodes
     new_card.update(tokenizer={"path": str(tokenizer_dir), "codebook_size": cfg.codebook_size, "grid": cfg.grid_size,
                                "window": window}, source_dataset=str(data), vocab_size=cfg.codebook_size)
     bar = None
@@ -59,10 +67,10 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     t0 = time.perf_counter()
     with DatasetWriter(out, overwrite=overwrite, chunk_len=card.get("chunk_len", 64), card=new_card) as w:
         for split in splits:
-            ds = ClipDataset(data, split, clip_len=1)
+            ds = sets[split]
             table = load_split(data, split).data.table
             eid_col = table.column("episode_id").to_numpy()
-            for e in range(ds.num_episodes):
+            for e in episodes[split]:
                 frames = ds.episode_frames(e)
                 n = len(frames)
                 ids = np.empty((n, cfg.grid_size, cfg.grid_size), np.uint16)

@@ -92,3 +92,28 @@ def test_tokenize_with_lam_stores_latent_actions(tmp_path):
         expect = np.concatenate([lam.infer_actions(frames_to_video(frames[s:s + 4])[None])[0].numpy() for s in (0, 3, 6)]
                                 + [lam.infer_actions(frames_to_video(frames[9:11])[None])[0].numpy()])
     assert np.array_equal(stored[:10], expect) and stored[10] == -1
+
+
+def test_tokenize_max_episodes_keeps_the_first_episodes_of_each_split(tmp_path):
+    from genie.tokenize import tokenize_dataset
+    from tokenizer.config import TokenizerConfig
+    from tokenizer.model import VideoTokenizer
+
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig.preset("debug"))
+    tok(torch.rand(1, 4, 3, 64, 64) * 2 - 1)
+    save_export(tok.eval(), tmp_path / "tok", "tokenizer")
+    data = tmp_path / "video"
+    with DatasetWriter(data, chunk_len=8) as w:
+        for e, n in enumerate((5, 7, 6)):
+            w.add_episode(coded_episode(e, n, h=64, w=64), "train")
+        w.add_episode(coded_episode(3, 4, h=64, w=64), "val")
+        w.close()
+    s = tokenize_dataset(tmp_path / "tok", data, tmp_path / "tokens", max_episodes=2, progress=False)
+    assert s["frames"] == 5 + 7 + 4
+    tokens, video = ClipDataset(tmp_path / "tokens", "train", clip_len=2), ClipDataset(data, "train", clip_len=2)
+    assert tokens.num_episodes == 2 and [len(tokens.episode_frames(e)) for e in range(2)] == [5, 7]
+    assert np.array_equal(tokens.episode_actions(1), video.episode_actions(1))
+    assert ClipDataset(tmp_path / "tokens", "val", clip_len=2).num_episodes == 1
+    card = json.loads((tmp_path / "tokens" / "genie_dataset.json").read_text())
+    assert card["max_episodes_per_split"] == 2

@@ -95,6 +95,7 @@ def test_presets_build_and_round_trip_through_json():
         (dict(dropout=1.0), "dropout"),
         (dict(decoder_mask_ratio=1.0), "decoder_mask_ratio"),
         (dict(vq_decay=-0.1), "vq_decay"),
+        (dict(decoder_motion=1), "decoder_motion"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -180,6 +181,22 @@ def test_decoder_never_sees_the_frame_it_predicts():
             torch.testing.assert_close(pred[:, :j], base[:, :j], atol=1e-6, rtol=0)  # pred[:, i] is frame i+1
             if j < 3:
                 assert (pred[:, j:] - base[:, j:]).abs().max() > 1e-4
+
+
+def test_decoder_motion_input_and_configs_without_it():
+    """With decoder_motion the decoder reads each context frame beside its change since the previous
+    frame (zero for the first; the no-leak test above runs with it on), and a config written before the
+    option existed (no `decoder_motion` key) builds the plain-context decoder it was trained with."""
+    model = make_lam()
+    assert model.config.decoder_motion and model.decoder_patch_embed.in_features == 2 * 16 * 16 * 3
+    patches = model._patchify(random_video(1, 3))
+    both = model._with_motion(patches)
+    assert torch.equal(both[..., :768], patches) and torch.equal(both[:, 0, :, 768:], torch.zeros_like(patches[:, 0]))
+    torch.testing.assert_close(both[:, 2, :, 768:], patches[:, 2] - patches[:, 1])
+    old = LatentActionConfig.preset("debug").to_dict()
+    del old["decoder_motion"]
+    plain = LatentActionModel(LatentActionConfig.from_dict(old))
+    assert not plain.config.decoder_motion and plain.decoder_patch_embed.in_features == 16 * 16 * 3
 
 
 def test_encoder_is_causal():
