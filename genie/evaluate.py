@@ -131,7 +131,7 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
 
 @torch.no_grad()
 def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
-                         steps: int = 25, batch: int = 4, progress=None) -> dict:
+                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None) -> dict:
     """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip."""
     from genie.sampling import decode_tokens, rollout_tokens
 
@@ -145,18 +145,20 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         n = video.shape[0]
         acts = wm.lam.infer_actions(video)  # (n, horizon)
         prompt = wm.tokenizer.encode(video[:, :1])
-        gen = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, acts, steps=steps, generator=g))[:, 1:]
+        gen = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, acts, steps=steps,
+                                                                    temperature=temperature, generator=g))[:, 1:]
         target = video[:, 1:]
         ps.append(psnr(gen, target))  # (n, horizon)
         ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon))
         base.append(psnr(video[:, :1].expand_as(target), target))
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g)
-        gen_r = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, rand, steps=steps, generator=g))[:, -1]
+        gen_r = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, rand, steps=steps,
+                                                                    temperature=temperature, generator=g))[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]))
         if progress:
             progress(n)
     ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
-    return {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps,
+    return {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps, "temperature": temperature,
             "rollout_psnr_db": [float(x) for x in ps.mean(0)], "rollout_ssim": [float(x) for x in ss.mean(0)],
             "copy_last_frame_psnr_db": [float(x) for x in base.mean(0)],
             "above_baseline_every_step": bool((ps.mean(0) > base.mean(0)).all()),
@@ -164,7 +166,8 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
 
 
 def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_clips: int = 128, seed: int = 0,
-             steps: int = 25, horizon: int = 10, delta_t: int = 4, progress: bool = True) -> dict:
+             steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
+             progress: bool = True) -> dict:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export."""
     import json
 
@@ -202,7 +205,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
 
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
         out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
-                                                  steps=steps, progress=tick)
+                                                  steps=steps, temperature=temperature, progress=tick)
     elif "dynamics" in stages:
         out["world_model"] = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
     out["fvd"] = "not computed: FVD needs I3D weights, which genie never downloads"
