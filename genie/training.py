@@ -99,8 +99,9 @@ class ThroughputCallback(Callback):
         self._t0 = self._t_last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        video = batch["video"] if isinstance(batch, dict) and "video" in batch else None
-        n = int(np.prod(video.shape[:2])) if video is not None else 0
+        # video clips (b, t, c, H, W) for the tokenizer and LAM, token clips (b, t, h, w) for the dynamics
+        clips = next((batch[k] for k in ("video", "tokens") if isinstance(batch, dict) and k in batch), None)
+        n = int(np.prod(clips.shape[:2])) if clips is not None else 0
         self._frames += n * trainer.world_size
         if trainer.global_step % self.every == 0 and self._frames:
             now = time.perf_counter()

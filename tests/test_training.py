@@ -195,3 +195,20 @@ def test_tokenize_matches_encode_and_carries_actions(tmp_path, video64):
     assert item["tokens"].shape == (4, 8, 8) and item["tokens"].dtype == torch.int64 and item["actions"].shape == (3,)
     p = run_genie("tokenize", "--tokenizer", tmp_path / "nowhere", "--data", video64, "--out", tmp_path / "t2")
     assert p.returncode == 2 and "no such export folder" in stderr_line(p)
+
+
+@pytest.mark.parametrize("key, shape", [("video", (2, 5, 3, 8, 8)), ("tokens", (2, 5, 4, 4))])
+def test_throughput_counts_video_and_token_clips(key, shape):
+    """train/frames_per_s is logged for every stage: video clips (tokenizer, LAM) and token clips (dynamics)."""
+    from types import SimpleNamespace
+
+    from genie.training import ThroughputCallback
+
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.__setitem__(name, value))
+    cb = ThroughputCallback(every_n_steps=1)
+    trainer = SimpleNamespace(global_step=1, world_size=1)
+    cb.on_train_start(trainer, module)
+    cb.on_train_batch_end(trainer, module, None, {key: torch.zeros(shape)}, 0)
+    assert logged["train/frames_per_s"] > 0 and "train/minutes" in logged
+    assert cb._frames == 0  # reset after logging the 10 frames
