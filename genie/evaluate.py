@@ -139,21 +139,24 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
     if horizon + 1 > wm.lam.config.num_frames:
         raise GenieInputError(f"horizon {horizon} needs LAM clips of {horizon + 1} frames (LAM num_frames {wm.lam.config.num_frames})")
     g = torch.Generator().manual_seed(seed)
+
+    def rollout(prompt, actions):  # prompt tokens (n, 1, h, w), actions (n, T) -> video (n, 1 + T, c, H, W)
+        tokens = rollout_tokens(wm.dynamics, prompt, actions, steps=steps, temperature=temperature, generator=g)
+        return decode_tokens(wm.tokenizer, tokens)
+
     ps, ss, base, delta = [], [], [], []
     for b in _batches(ds, batch):
         video = b["video"]
         n = video.shape[0]
         acts = wm.lam.infer_actions(video)  # (n, horizon)
         prompt = wm.tokenizer.encode(video[:, :1])
-        gen = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, acts, steps=steps,
-                                                                    temperature=temperature, generator=g))[:, 1:]
+        gen = rollout(prompt, acts)[:, 1:]
         target = video[:, 1:]
         ps.append(psnr(gen, target))  # (n, horizon)
         ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon))
         base.append(psnr(video[:, :1].expand_as(target), target))
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g)
-        gen_r = decode_tokens(wm.tokenizer, rollout_tokens(wm.dynamics, prompt, rand, steps=steps,
-                                                                    temperature=temperature, generator=g))[:, -1]
+        gen_r = rollout(prompt, rand)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]))
         if progress:
             progress(n)
