@@ -137,7 +137,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if out.suffix.lower() != ".json":
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
-                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet)
+                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d)
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=25, help="MaskGIT steps per generated frame")
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
+    e.add_argument("--i3d", default=None, metavar="FILE",
+                   help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
+                        "or .safetensors) to compute FVD of the rollouts; never downloaded")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 

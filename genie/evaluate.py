@@ -131,8 +131,11 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
 
 @torch.no_grad()
 def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
-                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None) -> dict:
-    """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip."""
+                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None, i3d=None) -> dict:
+    """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip.
+
+    With an `i3d` network (genie.fvd), also the FVD of the rollouts (prompt + generated frames) and of the
+    copy-last-frame clips against the true clips."""
     from genie.sampling import decode_tokens, rollout_tokens
 
     ds = ClipDataset(data, split, clip_len=horizon + 1, num_clips=num_clips, seed=seed)
@@ -145,6 +148,7 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         return decode_tokens(wm.tokenizer, tokens)
 
     ps, ss, base, delta = [], [], [], []
+    feats = {"real": [], "generated": [], "copy_last": []}
     for b in _batches(ds, batch):
         video = b["video"]
         n = video.shape[0]
@@ -158,20 +162,38 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g)
         gen_r = rollout(prompt, rand)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]))
+        if i3d is not None:
+            from genie.fvd import i3d_features
+
+            feats["real"].append(i3d_features(i3d, video))
+            feats["generated"].append(i3d_features(i3d, torch.cat([video[:, :1], gen], 1)))
+            feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
         if progress:
             progress(n)
     ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
-    return {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps, "temperature": temperature,
+    fvd = None
+    if i3d is not None:
+        from genie.fvd import fvd_report
+
+        f = {k: torch.cat(v) for k, v in feats.items()}
+        fvd = fvd_report(f["real"], f["generated"], f["copy_last"], frames=horizon + 1,
+                         source_size=tuple(ds[0]["video"].shape[-2:]))
+    res = {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps, "temperature": temperature,
             "rollout_psnr_db": [float(x) for x in ps.mean(0)], "rollout_ssim": [float(x) for x in ss.mean(0)],
             "copy_last_frame_psnr_db": [float(x) for x in base.mean(0)],
             "above_baseline_every_step": bool((ps.mean(0) > base.mean(0)).all()),
             f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
+    if fvd is not None:
+        res["fvd"] = fvd
+    return res
 
 
 def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_clips: int = 128, seed: int = 0,
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
-             progress: bool = True) -> dict:
-    """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export."""
+             progress: bool = True, i3d: str | Path | None = None) -> dict:
+    """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
+
+    `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed."""
     import json
 
     from genie.export import load_export
@@ -192,6 +214,11 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
                 stages[stage] = load_export(p / stage, stage)
     if not stages:
         raise GenieInputError(f"{p}: holds no genie export (expected tokenizer/, lam/, dynamics/ or config.json)")
+    i3d_net = None
+    if i3d is not None:  # load first: a bad weights file fails before minutes of evaluation
+        from genie.fvd import load_i3d
+
+        i3d_net = load_i3d(i3d)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -208,10 +235,15 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
 
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
         out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
-                                                  steps=steps, temperature=temperature, progress=tick)
+                                                  steps=steps, temperature=temperature, progress=tick, i3d=i3d_net)
     elif "dynamics" in stages:
         out["world_model"] = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
-    out["fvd"] = "not computed: FVD needs I3D weights, which genie never downloads"
+    if isinstance(out.get("world_model"), dict) and "fvd" in out["world_model"]:
+        out["fvd"] = out["world_model"].pop("fvd")
+    elif i3d is None:
+        out["fvd"] = "not computed: FVD needs I3D weights, which genie never downloads (pass --i3d FILE)"
+    else:
+        out["fvd"] = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
     if bar is not None:
         bar.close()
     return out
@@ -239,5 +271,10 @@ def markdown_table(res: dict) -> str:
         key = next(k for k in w if k.startswith("delta_t_psnr"))
         d = w[key]
         rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")
-    rows.append(f"| — | FVD | {res['fvd']} |")
+    f = res["fvd"]
+    if isinstance(f, dict):
+        rows.append(f"| world model | FVD ({f['clips']} clips of {f['frames']} frames, {f['resolution']}) | "
+                    f"{f['fvd']:.1f} (copy-last-frame {f['fvd_copy_last_frame']:.1f}) |")
+    else:
+        rows.append(f"| — | FVD | {f} |")
     return "\n".join(rows) + "\n"
