@@ -87,6 +87,7 @@ def training_mask(
     mode: str = "bernoulli",
     keep_first_frames: int = 0,
     device: torch.device | str | None = None,
+    clean_prefix_prob: float = 0.0,
 ) -> Tensor:
     """Boolean mask (True = replace by MASK) with one mask rate per sample (DESIGN §7.7).
 
@@ -95,6 +96,10 @@ def training_mask(
     exactly round(r * m) tokens at random, m being the sample's maskable tokens.
     keep_first_frames: for (b, t, ...) shapes, frames 0..keep_first_frames-1 are never masked
     and the rate applies to the remaining frames (the dynamics stage uses 1: frame 0 is context).
+    clean_prefix_prob: for (b, t, ...) shapes, each sample with this probability also leaves frames
+    0..k-1 clean, k ~ U{max(keep_first_frames, 1), …, t-1}: frame k is then predicted from a clean past,
+    as at sampling time (Genie's scheme, 0, masks every frame at the sample's rate). No extra random
+    draws are made when it is 0, so masks for a given generator state are unchanged.
     Returns a bool tensor of `shape`; draws come from `generator` (on `device`).
     """
     shape = tuple(int(s) for s in shape)
@@ -106,6 +111,10 @@ def training_mask(
         raise ValueError(f"mode must be 'bernoulli' or 'exact', got {mode!r}")
     if keep_first_frames < 0 or (keep_first_frames > 0 and (len(shape) < 3 or keep_first_frames > shape[1])):
         raise ValueError(f"keep_first_frames ({keep_first_frames}) must be in [0, t] for a (b, t, ...) shape, got {shape}")
+    if not 0.0 <= clean_prefix_prob <= 1.0:
+        raise ValueError(f"clean_prefix_prob must be in [0, 1], got {clean_prefix_prob}")
+    if clean_prefix_prob > 0 and (len(shape) < 3 or shape[1] < 2):
+        raise ValueError(f"clean_prefix_prob needs a (b, t, ...) shape with t >= 2, got {shape}")
     if generator is not None and device is None:
         device = generator.device
 
@@ -127,6 +136,13 @@ def training_mask(
     mask = flat.reshape(maskable_shape)
     if kept_shape is not None:
         mask = torch.cat([torch.zeros(kept_shape, dtype=torch.bool, device=mask.device), mask], dim=1)
+    if clean_prefix_prob > 0:
+        t = shape[1]
+        chosen = torch.rand(b, generator=generator, device=device) < clean_prefix_prob
+        low = max(keep_first_frames, 1)
+        k = low + (torch.rand(b, generator=generator, device=device) * (t - low)).long().clamp_max(t - 1 - low)
+        clean = chosen[:, None] & (torch.arange(t, device=mask.device)[None] < k[:, None])  # (b, t)
+        mask = mask & ~clean.view(b, t, *([1] * (len(shape) - 2)))
     return mask
 
 

@@ -4,7 +4,13 @@ Batches come from a token dataset (`genie tokenize --tokenizer T --lam L`): toke
 LAM's latent actions (b,t-1), so the frozen tokenizer and LAM run once per frame at tokenisation
 time, never inside this optimiser (DESIGN §7.8: no frozen model in train mode, in the optimiser or
 receiving gradients). Genie §2.3: each sample masks frames 1..t-1 at its own rate ~ U(0.5, 1)
-(DESIGN §7.7); frame 0 stays clean, as the prompt does at sampling time.
+(DESIGN §7.7); frame 0 stays clean, as the prompt does at sampling time. `clean_context_prob` > 0
+also leaves a random prefix of frames clean in that share of the samples, so the model practises
+predicting a frame from a clean past, as it does when sampling.
+Validation logs, besides the masked-token loss/accuracy under the training masks (fixed seeds), the
+accuracy of predicting a fully masked last frame from clean earlier frames in one step
+(`val/next_frame_accuracy`), and the same figure for copying the previous frame's tokens
+(`val/copy_last_accuracy`), the trivial baseline it should beat.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ class DynamicsModule(GenieModule):
     Args:
         config: the model config (see `dynamics.config.PRESETS`, configs/dynamics/*.yaml).
         mask_rate_low, mask_rate_high: per-sample masking rate range (Genie: U(0.5, 1)).
+        clean_context_prob: share of training samples whose frames before a random frame k stay clean
+            (0 = Genie's scheme; see `dynamics.maskgit.training_mask`).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warmup and cosine decay.
     """
 
     stage = "dynamics"
 
     def __init__(self, config: DynamicsConfig, mask_rate_low: float = 0.5, mask_rate_high: float = 1.0,
-                 lr: float = 3e-4, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
+                 clean_context_prob: float = 0.0, lr: float = 3e-4, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 500, min_lr_ratio: float = 0.1):
         super().__init__()
         if isinstance(config, dict):
@@ -65,10 +73,11 @@ class DynamicsModule(GenieModule):
         if dm.hparams.clip_len > cfg.num_frames:
             raise GenieInputError(f"data.clip_len {dm.hparams.clip_len} exceeds dynamics num_frames {cfg.num_frames}")
 
-    def _shared_step(self, batch: dict, generator: torch.Generator | None = None):
+    def _shared_step(self, batch: dict, generator: torch.Generator | None = None, clean_context_prob: float = 0.0):
         tokens, actions = batch["tokens"], batch["actions"]
         mask = training_mask(tokens.shape, self.hparams.mask_rate_low, self.hparams.mask_rate_high,
-                             generator=generator, keep_first_frames=1, device=tokens.device)
+                             generator=generator, keep_first_frames=1, device=tokens.device,
+                             clean_prefix_prob=clean_context_prob)
         inp = tokens.masked_fill(mask, self.model.mask_id)
         logits = self.model(inp, actions)  # (b, t, h, w, v)
         if not mask.any():  # possible only for tiny clips: keep the graph, contribute nothing
@@ -79,7 +88,7 @@ class DynamicsModule(GenieModule):
         return loss, acc
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, acc = self._shared_step(batch)
+        loss, acc = self._shared_step(batch, clean_context_prob=self.hparams.get("clean_context_prob", 0.0))
         self.log_dict({"train/loss": loss, "train/masked_accuracy": acc})
         self.log("ce", loss, prog_bar=True, logger=False)
         return loss
@@ -90,3 +99,10 @@ class DynamicsModule(GenieModule):
         b = batch["tokens"].shape[0]
         self.log("val/loss", loss, batch_size=b, sync_dist=True, prog_bar=True)
         self.log("val/masked_accuracy", acc, batch_size=b, sync_dist=True)
+        tokens = batch["tokens"]
+        inp = tokens.clone()
+        inp[:, -1] = self.model.mask_id
+        pred = self.model(inp, batch["actions"])[:, -1].argmax(-1)
+        self.log("val/next_frame_accuracy", (pred == tokens[:, -1]).float().mean(), batch_size=b, sync_dist=True)
+        self.log("val/copy_last_accuracy", (tokens[:, -2] == tokens[:, -1]).float().mean(), batch_size=b,
+                 sync_dist=True)

@@ -50,10 +50,17 @@ def test_train_export_and_wrong_data(tmp_path, coded_dataset):
     data = token_dataset(tmp_path / "tokens", cfg)
     p = run_genie("train", "dynamics", "--config", "configs/dynamics/debug.yaml", "--data.data", data,
                   "--trainer.default_root_dir", tmp_path / "run", "--trainer.enable_progress_bar", "false",
-                  "--trainer.max_steps", "4", "--trainer.val_check_interval", "2")
+                  "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--model.clean_context_prob", "0.5")
     assert p.returncode == 0, p.stderr[-3000:]
     model = load_export(tmp_path / "run" / "export", "dynamics")
     assert model.config == cfg
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open()))
+    val = [r for r in rows if r.get("val/next_frame_accuracy")]
+    assert len(val) == 2  # steps 2 and 4
+    for r in val:  # random tokens: copying the previous frame hits about 1 / vocab
+        assert 0.0 <= float(r["val/next_frame_accuracy"]) <= 1.0 and float(r["val/copy_last_accuracy"]) < 0.2
     # video instead of tokens, and a grid that does not match: one clear line, exit 2
     video, _ = coded_dataset
     p = run_genie("train", "dynamics", "--config", "configs/dynamics/debug.yaml", "--data.data", video,

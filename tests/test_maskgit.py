@@ -86,6 +86,27 @@ def test_training_mask_per_sample_rates(mode):
     assert not torch.equal(mask, other)
 
 
+def test_training_mask_clean_prefix():
+    shape = (400, 6, 4, 4)
+    base = training_mask(shape, generator=torch.Generator().manual_seed(3), keep_first_frames=1)
+    same = training_mask(shape, generator=torch.Generator().manual_seed(3), keep_first_frames=1, clean_prefix_prob=0.0)
+    assert torch.equal(base, same)  # probability 0 draws nothing extra: old seeds keep their masks
+    mask = training_mask(shape, generator=torch.Generator().manual_seed(3), keep_first_frames=1, clean_prefix_prob=0.5)
+    assert torch.equal(mask[:, :1], base[:, :1]) and not mask[:, 0].any()
+    assert not (mask & ~base).any()  # only ever unmasks
+    per_frame = mask.flatten(2).any(-1)  # (b, t): frame has a masked token
+    changed = (mask != base).flatten(1).any(-1)
+    assert 0.35 < changed.float().mean() < 0.65  # about half the samples get a clean prefix
+    for i in torch.nonzero(changed).flatten().tolist():
+        k = int(per_frame[i].float().argmax())  # first frame with a masked token
+        assert 2 <= k <= 5 or not per_frame[i].any()  # a prefix of 2..5 clean frames
+        assert not mask[i, :k].any() and torch.equal(mask[i, k:], base[i, k:])  # the rest keeps its masks
+    ks = [int(per_frame[i].float().argmax()) for i in torch.nonzero(changed).flatten().tolist()]
+    assert set(ks) >= {2, 5}  # every prefix length occurs, up to all but the last frame
+    with pytest.raises(ValueError, match="clean_prefix_prob"):
+        training_mask((2, 3), clean_prefix_prob=0.5)
+
+
 def test_training_mask_exact_counts_and_kept_frames():
     g = torch.Generator().manual_seed(0)
     mask = training_mask((8, 4, 4, 4), generator=g, mode="exact", keep_first_frames=1)
