@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
 # share of the training budget per stage
 SHARES = {"tokenizer": 0.4, "lam": 0.2, "dynamics": 0.4}
+# Rates of the `cpu` presets on the reference 2-core machine (benchmarks/results): tokenising with the
+# tokenizer + LAM, and training the dynamics model. The dynamics share of the budget is split so that
+# tokenising takes only as many episodes as the dynamics model can see in the time left.
+TOKENIZE_FPS, DYNAMICS_TRAIN_FPS = 100.0, 20.0
+RESERVE_MINUTES = 4.0  # evaluation, probe and sample clips at the end
 CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}
 
 
@@ -62,7 +67,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         print("[2-4/6] using the committed pretrained models (no training)")
         WorldModel.assemble(PRETRAINED / "tokenizer", PRETRAINED / "lam", PRETRAINED / "dynamics", model, overwrite=True)
     else:
-        train_minutes = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else 4), 1.0)
+        train_minutes = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
         runs = {}
         common = ["--trainer.enable_progress_bar", "false"] if tiny else []
         for i, stage in enumerate(("tokenizer", "lam")):
@@ -72,14 +77,23 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
             run_train(stage, ["--config", str(REPO / "configs" / CONFIG_DIRS[stage] / f"{preset}.yaml"),
                               "--data.data", str(data), "--trainer.default_root_dir", str(runs[stage]),
                               "--trainer.max_time", _hms(train_minutes * SHARES[stage]), *extra, *common])
-        print("[4/6] tokenizing with the tokenizer and the LAM, then training the dynamics model")
+        from data_pipelines.storage import read_card
         from genie.tokenize import tokenize_dataset
 
+        left = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
+        limit = None
+        if not tiny:  # tokenising time τ and training time left − τ, with TOKENIZE_FPS·τ = DYNAMICS_TRAIN_FPS·(left − τ)
+            split = read_card(data)["splits"]["train"]
+            tau = left * DYNAMICS_TRAIN_FPS / (TOKENIZE_FPS + DYNAMICS_TRAIN_FPS)
+            n = max(4, round(TOKENIZE_FPS * 60 * tau / (split["frames"] / split["episodes"])))
+            limit = {"train": n, "val": max(2, n // 8)}
+        print(f"[4/6] tokenizing {'all' if limit is None else limit['train']} training episodes with the tokenizer and "
+              f"the LAM, then training the dynamics model (≤ {left:.1f} min for both)")
         tokens = out / "data" / "tokens"
         tokenize_dataset(runs["tokenizer"] / "export", data, tokens, lam_dir=runs["lam"] / "export", overwrite=True,
-                         progress=not tiny)
+                         max_episodes=limit, progress=not tiny)
         runs["dynamics"] = out / "runs" / "dynamics"
-        remaining = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else 3), 1.0)
+        remaining = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
         extra = ["--trainer.max_steps", "30"] if tiny else []
         run_train("dynamics", ["--config", str(REPO / "configs" / "dynamics" / f"{preset}.yaml"), "--data.data", str(tokens),
                                "--trainer.default_root_dir", str(runs["dynamics"]), "--trainer.max_time", _hms(remaining),

@@ -24,13 +24,15 @@ from genie.export import load_export
 
 @torch.no_grad()
 def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, lam_dir: str | Path | None = None,
-                     batch_size: int = 16, max_episodes: int | None = None, overwrite: bool = False,
+                     batch_size: int = 16, max_episodes: int | dict[str, int] | None = None, overwrite: bool = False,
                      progress: bool = True) -> dict:
     """Tokenise every split of `data`. With `lam_dir`, the stored actions are the LAM's latent actions
     (inferred over windows of the LAM's num_frames that overlap by one frame, so every transition,
     window boundaries included, gets one); without it, the dataset's own actions are carried along.
-    `max_episodes` keeps only the first that many episodes of each split (a quicker, smaller dataset)."""
-    if max_episodes is not None and max_episodes < 1:
+    `max_episodes` keeps only the first that many episodes of each split (a quicker, smaller dataset); a
+    dict {split: n} limits the splits it names."""
+    limits = max_episodes if isinstance(max_episodes, dict) else {s: max_episodes for s in SPLITS}
+    if any(n is not None and n < 1 for n in limits.values()):
         raise GenieInputError(f"--max-episodes must be >= 1, got {max_episodes}")
     model = load_export(tokenizer_dir, "tokenizer")
     lam = load_export(lam_dir, "lam") if lam_dir is not None else None
@@ -48,7 +50,7 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     window = cfg.num_frames
     splits = [s for s in SPLITS if s in card.get("splits", {})]
     sets = {s: ClipDataset(data, s, clip_len=1) for s in splits}
-    episodes = {s: range(min(sets[s].num_episodes, max_episodes or sets[s].num_episodes)) for s in splits}
+    episodes = {s: range(min(sets[s].num_episodes, limits.get(s) or sets[s].num_episodes)) for s in splits}
     total = sum(len(sets[s].episode_frames(e)) for s in splits for e in episodes[s])
     new_card = {k: card[k] for k in ("source", "num_actions", "action_names", "merged_action", "split_key") if k in card}
     if lam is not None:

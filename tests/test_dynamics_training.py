@@ -124,3 +124,5 @@ def test_tokenize_max_episodes_keeps_the_first_episodes_of_each_split(tmp_path):
     assert ClipDataset(tmp_path / "tokens", "val", clip_len=2).num_episodes == 1
     card = json.loads((tmp_path / "tokens" / "genie_dataset.json").read_text())
     assert card["max_episodes_per_split"] == 2
+    s = tokenize_dataset(tmp_path / "tok", data, tmp_path / "tokens1", max_episodes={"train": 1}, progress=False)
+    assert s["frames"] == 5 + 4  # a dict limits only the splits it names
