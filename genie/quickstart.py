@@ -21,7 +21,7 @@ SHARES = {"tokenizer": 0.4, "lam": 0.2, "dynamics": 0.4}
 # tokenizer + LAM, and training the dynamics model. The dynamics share of the budget is split so that
 # tokenising takes only as many episodes as the dynamics model can see in the time left.
 TOKENIZE_FPS, DYNAMICS_TRAIN_FPS = 100.0, 20.0
-RESERVE_MINUTES = 4.0  # evaluation, probe and sample clips at the end
+RESERVE_MINUTES = 4.5  # evaluation, probe and sample clips at the end
 CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}
 
 
