@@ -39,8 +39,8 @@ class DynamicsModule(GenieModule):
     stage = "dynamics"
 
     def __init__(self, config: DynamicsConfig, mask_rate_low: float = 0.5, mask_rate_high: float = 1.0,
-                 clean_context_prob: float = 0.0, lr: float = 3e-4, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_steps: int = 500, min_lr_ratio: float = 0.1):
+                 clean_context_prob: float = 0.0, lr: float = 3e-4, weight_decay: float = 0.01,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1):
         super().__init__()
         if isinstance(config, dict):
             config = DynamicsConfig.from_dict(config)

@@ -69,7 +69,10 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         print("[2-4/6] using the committed pretrained models (no training)")
         WorldModel.assemble(PRETRAINED / "tokenizer", PRETRAINED / "lam", PRETRAINED / "dynamics", model, overwrite=True)
     else:
-        train_minutes = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
+        def minutes_left() -> float:  # training time left once the end's evaluation is set aside
+            return max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
+
+        train_minutes = minutes_left()
         runs = {}
         common = ["--trainer.enable_progress_bar", "false"] if tiny else []
         for i, stage in enumerate(("tokenizer", "lam")):
@@ -82,7 +85,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         from data_pipelines.storage import read_card
         from genie.tokenize import tokenize_dataset
 
-        left = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
+        left = minutes_left()
         limit = None
         if not tiny:  # tokenising time τ and training time left − τ, with TOKENIZE_FPS·τ = DYNAMICS_TRAIN_FPS·(left − τ)
             split = read_card(data)["splits"]["train"]
@@ -95,7 +98,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         tokenize_dataset(runs["tokenizer"] / "export", data, tokens, lam_dir=runs["lam"] / "export", overwrite=True,
                          max_episodes=limit, progress=not tiny)
         runs["dynamics"] = out / "runs" / "dynamics"
-        remaining = max(minutes - (time.perf_counter() - t0) / 60 - (1 if tiny else RESERVE_MINUTES), 1.0)
+        remaining = minutes_left()
         extra = ["--trainer.max_steps", "30"] if tiny else []
         run_train("dynamics", ["--config", str(REPO / "configs" / "dynamics" / f"{preset}.yaml"), "--data.data", str(tokens),
                                "--trainer.default_root_dir", str(runs["dynamics"]), "--trainer.max_time", _hms(remaining),
