@@ -1,7 +1,9 @@
 """Record Procgen CoinRun with a random policy (Genie App. F) into the genie dataset format.
 
-Hard mode, 64×64 RGB, 15 actions sampled uniformly and independently every step (no action repeats),
-several environments stepped in parallel through one gym3 vector env.
+Hard mode, 64×64 RGB, several environments stepped in parallel through one gym3 vector env. The policy
+draws each of the 15 actions uniformly; by default independently every step (no action repeats), or,
+with `action_repeat` MEAN > 1, each environment keeps its previous action with probability 1 − 1/MEAN per
+step (a geometric hold of mean MEAN steps before the next uniform draw, as a person holds a key).
 
 Episode boundaries follow gym3's auto-reset exactly: after `act(a)`, `observe()` returns the reward
 for `a` and a `first` flag; when `first` is set, the observation already belongs to the *next* episode
@@ -11,6 +13,7 @@ and the frame we acted on was the last frame of the finished one.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 
@@ -52,14 +55,57 @@ def _import_procgen():
     return ProcgenGym3Env
 
 
+def _check_action_repeat(action_repeat: float) -> float:
+    try:
+        m = float(action_repeat)
+    except (TypeError, ValueError):
+        raise GenieInputError(f"--action-repeat must be a number >= 1, got {action_repeat!r}") from None
+    if not math.isfinite(m) or m < 1:
+        raise GenieInputError(f"--action-repeat must be a finite number >= 1 (mean steps an action is held), got {action_repeat!r}")
+    return m
+
+
+def policy_name(action_repeat: float) -> str:
+    """The dataset card's description of the random policy."""
+    if action_repeat == 1:
+        return "uniform random, no action repeats"
+    return (f"uniform random with held actions: keep the previous action with probability 1 - 1/{action_repeat:g} "
+            f"per step (geometric hold, mean {action_repeat:g} steps), per environment")
+
+
+class RandomPolicy:
+    """Uniform random actions for `num_envs` environments, each optionally held for a geometric time.
+
+    With `action_repeat` 1 it draws exactly what the original uniform policy drew from the same seed (one
+    `rng.integers` call per step), so MEAN 1 recordings are bit-identical to earlier ones; the hold coin uses
+    a second stream derived from the seed so it never shifts the action stream."""
+
+    def __init__(self, num_envs: int, seed: int, action_repeat: float = 1.0):
+        self.num_envs, self.action_repeat = num_envs, _check_action_repeat(action_repeat)
+        self.rng = np.random.default_rng(seed)
+        self.hold_rng = np.random.default_rng([seed, 1])
+        self.prev: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        actions = self.rng.integers(0, NUM_ACTIONS, size=self.num_envs)
+        if self.action_repeat > 1:
+            keep = self.hold_rng.random(self.num_envs) < 1.0 - 1.0 / self.action_repeat
+            if self.prev is not None:
+                actions = np.where(keep, self.prev, actions)
+            self.prev = actions
+        return actions
+
+
 def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int = 0, seed: int = 0,
                     max_steps: int = 1000, num_envs: int = 16, distribution_mode: str = "hard",
-                    progress: bool = True):
+                    action_repeat: float = 1.0, progress: bool = True):
     """Yield `num_episodes` whole CoinRun episodes (an `Episode` each), deterministic in `seed`.
 
     Env i keeps its own first episodes, up to a fixed quota, so the sample is not biased toward short
     episodes (taking the first N to finish across envs would be). Episodes longer than `max_steps` frames
     are cut to `max_steps` frames (dones stays False: the environment did not end them).
+    `action_repeat`: mean hold of each random action in steps (1 = a fresh uniform action every step); the
+    hold carries across an environment's episode resets, as the policy does not see them.
     """
     if num_episodes < 1:
         raise GenieInputError(f"--episodes must be >= 1, got {num_episodes}")
@@ -67,12 +113,13 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
         raise GenieInputError(f"--max-steps must be >= 2, got {max_steps}")
     if start_level < 0 or num_levels < 0:
         raise GenieInputError("--start-level and --num-levels must be >= 0")
+    action_repeat = _check_action_repeat(action_repeat)
     ProcgenGym3Env = _import_procgen()
     num_envs = max(1, min(num_envs, num_episodes))
     quota = [num_episodes // num_envs + (1 if i < num_episodes % num_envs else 0) for i in range(num_envs)]
     env = ProcgenGym3Env(num=num_envs, env_name="coinrun", distribution_mode=distribution_mode,
                          start_level=start_level, num_levels=num_levels, rand_seed=seed)
-    rng = np.random.default_rng(seed)
+    policy = RandomPolicy(num_envs, seed, action_repeat)
     done_count = [0] * num_envs
     cur: list[dict] = [dict(frames=[], actions=[], rewards=[], seed=None, cut=False) for _ in range(num_envs)]
 
@@ -89,7 +136,7 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
         cur[i]["seed"] = int(infos[i]["level_seed"])
     while min(d - q for d, q in zip(done_count, quota)) < 0:
         obs = ob["rgb"]
-        actions = rng.integers(0, NUM_ACTIONS, size=num_envs)
+        actions = policy()
         for i in range(num_envs):
             c = cur[i]
             if done_count[i] < quota[i] and not c["cut"]:
@@ -135,8 +182,10 @@ def _episode(c: dict, ended: bool) -> Episode:
 def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, num_levels: int = 0,
                    seed: int = 0, max_steps: int = 1000, num_envs: int = 16, split: str = "auto",
                    val_fraction: float = 0.05, test_fraction: float = 0.05, overwrite: bool = False,
-                   chunk_len: int = DEFAULT_CHUNK_LEN, parquet: bool = False, progress: bool = True) -> dict:
+                   chunk_len: int = DEFAULT_CHUNK_LEN, parquet: bool = False, action_repeat: float = 1.0,
+                   progress: bool = True) -> dict:
     """Record CoinRun episodes into a dataset folder at `out`; returns a summary dict."""
+    action_repeat = _check_action_repeat(action_repeat)
     if split not in ("auto", "train", "val", "test"):
         raise GenieInputError(f"--split must be auto, train, val or test, got {split!r}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -147,7 +196,8 @@ def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, 
         "action_names": ACTION_NAMES,
         "merged_action": MERGED_ACTION.tolist(),
         "recipe": {
-            "env": "procgen coinrun", "distribution_mode": "hard", "policy": "uniform random, no action repeats",
+            "env": "procgen coinrun", "distribution_mode": "hard", "policy": policy_name(action_repeat),
+            "action_repeat": action_repeat,
             "episodes": num_episodes, "start_level": start_level, "num_levels": num_levels, "seed": seed,
             "max_steps": max_steps, "num_envs": num_envs, "split": split,
             "val_fraction": val_fraction, "test_fraction": test_fraction,
@@ -158,7 +208,8 @@ def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, 
     frames = 0
     with DatasetWriter(out, overwrite=overwrite, chunk_len=chunk_len, card=card, parquet=parquet) as w:
         for ep in record_episodes(num_episodes, start_level=start_level, num_levels=num_levels, seed=seed,
-                                  max_steps=max_steps, num_envs=num_envs, progress=progress):
+                                  max_steps=max_steps, num_envs=num_envs, action_repeat=action_repeat,
+                                  progress=progress):
             s = split if split != "auto" else split_of_seed(ep.level_seed, val_fraction, test_fraction)
             w.add_episode(ep, s)
             frames += len(ep)

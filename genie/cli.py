@@ -27,7 +27,7 @@ def _cmd_coinrun(a: argparse.Namespace) -> None:
     s = record_coinrun(a.out, a.episodes, start_level=a.start_level, num_levels=a.num_levels, seed=a.seed,
                        max_steps=a.max_steps, num_envs=a.num_envs, split=a.split, val_fraction=a.val_fraction,
                        test_fraction=a.test_fraction, overwrite=a.overwrite, chunk_len=a.chunk_len,
-                       parquet=a.parquet, progress=not a.quiet)
+                       parquet=a.parquet, action_repeat=a.action_repeat, progress=not a.quiet)
     splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
     print(f"recorded {s['episodes']} episodes, {s['frames']} frames in {s['seconds']:.1f} s "
           f"({s['frames_per_s']:.0f} frames/s) → {s['path']} [{splits}]")
@@ -74,8 +74,9 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
     from genie.tokenize import tokenize_dataset
 
     s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, max_episodes=a.max_episodes,
-                         overwrite=a.overwrite, progress=not a.quiet)
-    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
+                         overwrite=a.overwrite, progress=not a.quiet, device=a.device)
+    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s on {s['device']}) "
+          f"→ {s['path']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
@@ -99,6 +100,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
     from data_pipelines.clips import frames_to_video, video_to_frames
+    from genie.device import resolve_device, to_device
     from genie.video_io import check_output_path, read_prompt, write_clip
     from genie.world_model import WorldModel
 
@@ -106,7 +108,8 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     actions = _parse_actions(a.actions)
     if a.steps < 1 or a.temperature < 0:
         raise GenieInputError("--steps must be >= 1 and --temperature >= 0")
-    wm = WorldModel.from_pretrained(a.model)
+    dev = resolve_device(a.device)
+    wm = to_device(WorldModel.from_pretrained(a.model), dev, a.model)
     bad = [x for x in actions if not 0 <= x < wm.num_actions]
     if bad:
         raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
@@ -137,7 +140,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if out.suffix.lower() != ".json":
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
-                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d)
+                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device)
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
@@ -151,7 +154,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 def _cmd_probe(a: argparse.Namespace) -> None:
     from genie.probe import probe
 
-    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed)
+    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed,
+                device=a.device)
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
@@ -160,7 +164,13 @@ def _cmd_probe(a: argparse.Namespace) -> None:
 def _cmd_quickstart(a: argparse.Namespace) -> None:
     from genie.quickstart import quickstart
 
-    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite)
+    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite,
+               device=a.device)
+
+
+def add_device(q: argparse.ArgumentParser) -> None:
+    """`--device auto|cpu|cuda[:N]` (DESIGN §5) for a command that runs a model."""
+    q.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seeds the environments and the random policy")
     c.add_argument("--max-steps", type=int, default=1000, help="cut episodes to at most this many frames")
     c.add_argument("--num-envs", type=int, default=16, help="environments stepped in parallel")
+    c.add_argument("--action-repeat", default="1", metavar="MEAN",  # checked by record_coinrun: one error line
+                   help="random policy holds each action for a geometric number of steps with this mean "
+                        "(keeps it with probability 1 - 1/MEAN per step); 1 = a fresh uniform action every step")
     c.add_argument("--split", default="auto", choices=["auto", "train", "val", "test"],
                    help="auto: by level seed hash; or put every episode in one split (e.g. held-out levels)")
     common_out(c)
@@ -220,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
     k.add_argument("--overwrite", action="store_true")
     k.add_argument("--quiet", action="store_true")
+    add_device(k)
     k.set_defaults(func=_cmd_tokenize)
 
     x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
@@ -238,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
     g.add_argument("--fps", type=int, default=10)
     g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
+    add_device(g)
     g.set_defaults(func=_cmd_generate)
 
     m = sub.add_parser("assemble", help="check three stage exports fit together and write one world-model folder")
@@ -262,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
                         "or .safetensors) to compute FVD of the rollouts; never downloaded")
     e.add_argument("--quiet", action="store_true")
+    add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
@@ -273,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test")
     pr.add_argument("--steps", type=int, default=25)
     pr.add_argument("--seed", type=int, default=0)
+    add_device(pr)
     pr.set_defaults(func=_cmd_probe)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun, sized for a 2-core machine")
@@ -282,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tiny", action="store_true", help="debug presets and a few steps: a smoke run of the pipeline")
     q.add_argument("--episodes", type=int, default=None, help="training episodes to record")
     q.add_argument("--overwrite", action="store_true")
+    add_device(q)
     q.set_defaults(func=_cmd_quickstart)
     return p
 
@@ -294,6 +312,12 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except GenieInputError as e:
         print(f"genie: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:  # torch.OutOfMemoryError (a RuntimeError): a model or batch too big for the device
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"genie: error: out of device memory ({str(e).splitlines()[0][:160]}); use a smaller --batch-size "
+              "or --num-clips, or --device cpu", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("genie: interrupted; nothing was written", file=sys.stderr)
