@@ -74,9 +74,8 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
     from genie.tokenize import tokenize_dataset
 
     s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, max_episodes=a.max_episodes,
-                         overwrite=a.overwrite, progress=not a.quiet, device=a.device)
-    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s on {s['device']}) "
-          f"→ {s['path']}")
+                         overwrite=a.overwrite, progress=not a.quiet)
+    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
@@ -100,7 +99,6 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
     from data_pipelines.clips import frames_to_video, video_to_frames
-    from genie.device import resolve_device, to_device
     from genie.video_io import check_output_path, read_prompt, write_clip
     from genie.world_model import WorldModel
 
@@ -108,8 +106,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     actions = _parse_actions(a.actions)
     if a.steps < 1 or a.temperature < 0:
         raise GenieInputError("--steps must be >= 1 and --temperature >= 0")
-    dev = resolve_device(a.device)
-    wm = to_device(WorldModel.from_pretrained(a.model), dev, a.model)
+    wm = WorldModel.from_pretrained(a.model)
     bad = [x for x in actions if not 0 <= x < wm.num_actions]
     if bad:
         raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
@@ -140,7 +137,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if out.suffix.lower() != ".json":
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
-                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device)
+                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d)
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
@@ -154,8 +151,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 def _cmd_probe(a: argparse.Namespace) -> None:
     from genie.probe import probe
 
-    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed,
-                device=a.device)
+    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed)
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
@@ -164,13 +160,7 @@ def _cmd_probe(a: argparse.Namespace) -> None:
 def _cmd_quickstart(a: argparse.Namespace) -> None:
     from genie.quickstart import quickstart
 
-    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite,
-               device=a.device)
-
-
-def add_device(q: argparse.ArgumentParser) -> None:
-    """`--device auto|cpu|cuda[:N]` (DESIGN §5) for a command that runs a model."""
-    q.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
     k.add_argument("--overwrite", action="store_true")
     k.add_argument("--quiet", action="store_true")
-    add_device(k)
     k.set_defaults(func=_cmd_tokenize)
 
     x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
@@ -252,7 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
     g.add_argument("--fps", type=int, default=10)
     g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
-    add_device(g)
     g.set_defaults(func=_cmd_generate)
 
     m = sub.add_parser("assemble", help="check three stage exports fit together and write one world-model folder")
@@ -277,7 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
                         "or .safetensors) to compute FVD of the rollouts; never downloaded")
     e.add_argument("--quiet", action="store_true")
-    add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
@@ -289,7 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test")
     pr.add_argument("--steps", type=int, default=25)
     pr.add_argument("--seed", type=int, default=0)
-    add_device(pr)
     pr.set_defaults(func=_cmd_probe)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun, sized for a 2-core machine")
@@ -299,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tiny", action="store_true", help="debug presets and a few steps: a smoke run of the pipeline")
     q.add_argument("--episodes", type=int, default=None, help="training episodes to record")
     q.add_argument("--overwrite", action="store_true")
-    add_device(q)
     q.set_defaults(func=_cmd_quickstart)
     return p
 
@@ -312,12 +297,6 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except GenieInputError as e:
         print(f"genie: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as e:  # torch.OutOfMemoryError (a RuntimeError): a model or batch too big for the device
-        if type(e).__name__ != "OutOfMemoryError":
-            raise
-        print(f"genie: error: out of device memory ({str(e).splitlines()[0][:160]}); use a smaller --batch-size "
-              "or --num-clips, or --device cpu", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("genie: interrupted; nothing was written", file=sys.stderr)
