@@ -22,6 +22,7 @@ from data_pipelines.errors import GenieInputError
 from dynamics.config import DynamicsConfig
 from dynamics.maskgit import training_mask
 from dynamics.model import DynamicsModel
+from genie.device import generator_for
 from genie.training import GenieModule
 
 
@@ -94,7 +95,7 @@ class DynamicsModule(GenieModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        g = torch.Generator(device="cpu").manual_seed(batch_idx)  # same masks every validation
+        g = generator_for(batch["tokens"].device, batch_idx)  # same masks every validation, on the data's device
         loss, acc = self._shared_step(batch, generator=g)
         b = batch["tokens"].shape[0]
         self.log("val/loss", loss, batch_size=b, sync_dist=True, prog_bar=True)

@@ -19,6 +19,7 @@ import torch
 
 from data_pipelines.clips import ClipDataset, video_to_frames
 from data_pipelines.errors import GenieInputError
+from genie.device import resolve_device, to_device
 
 
 def _upscale(img: np.ndarray, s: int) -> np.ndarray:
@@ -37,13 +38,15 @@ def _heatmap(counts: np.ndarray, cell: int = 24) -> np.ndarray:
 
 @torch.no_grad()
 def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: int = 4, repeat: int = 4,
-          split: str = "test", steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2) -> dict:
+          split: str = "test", steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
+          device: str | torch.device = "auto") -> dict:
     from PIL import Image
 
     from genie.video_io import write_clip
     from genie.world_model import WorldModel
 
-    wm = WorldModel.from_pretrained(model_dir)
+    dev = resolve_device(device)
+    wm = to_device(WorldModel.from_pretrained(model_dir), dev, str(model_dir))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GenieInputError(f"{out}: --out must be a folder")
@@ -73,7 +76,7 @@ def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: 
         codes, true = [], []
         for i in range(len(ds)):
             item = ds[i]
-            codes.append(wm.lam.infer_actions(item["video"][None])[0])
+            codes.append(wm.lam.infer_actions(item["video"][None].to(dev))[0].cpu())
             true.append(item["actions"])
         codes, true = torch.cat(codes).numpy(), torch.cat(true).numpy()
         merge = ds.card.get("merged_action")

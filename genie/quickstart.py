@@ -11,16 +11,21 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from data_pipelines.errors import GenieInputError
+from genie.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
 # share of the training budget per stage
 SHARES = {"tokenizer": 0.4, "lam": 0.2, "dynamics": 0.4}
-# Rates of the `cpu` presets on the reference 2-core machine (benchmarks/results): tokenising with the
-# tokenizer + LAM, and training the dynamics model. The dynamics share of the budget is split so that
-# tokenising takes only as many episodes as the dynamics model can see in the time left.
-TOKENIZE_FPS, DYNAMICS_TRAIN_FPS = 100.0, 20.0
+# Trainer settings per device type: fp32 on CPUs (bf16 matmuls are 50-150x slower on CPUs without
+# AMX/AVX512-BF16), bf16-mixed and GPU-sized batches (the 3-minute H200 runs of issue 11) on CUDA.
+HARDWARE = {
+    "cpu": {"precision": "32-true", "batch_size": None, "num_workers": None},
+    "cuda": {"precision": "bf16-mixed", "batch_size": 32, "num_workers": 4},
+}
 RESERVE_MINUTES = 5.0  # evaluation, probe and sample clips at the end (3.9 min measured), and start-up
 STAGE_OVERHEAD_MINUTES = 0.3  # each training run: set-up before its timer starts, final validation and export
 CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}
@@ -32,8 +37,74 @@ def _hms(minutes: float) -> str:
     return f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def trainer_args(device: torch.device, tiny: bool = False) -> list[str]:
+    """LightningCLI overrides that put a stage's training on `device` with the settings that fit it."""
+    hw = HARDWARE["cuda" if device.type == "cuda" else "cpu"]
+    if device.type == "cuda":
+        args = ["--trainer.accelerator", "gpu", "--trainer.devices", f"[{device.index or 0}]"]
+    else:
+        args = ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    args += ["--trainer.precision", hw["precision"]]
+    if hw["batch_size"] and not tiny:
+        args += ["--data.batch_size", str(hw["batch_size"]), "--data.num_workers", str(hw["num_workers"])]
+    return args
+
+
+def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, device: torch.device,
+                  batch_size: int | None = None, repeats: int = 3) -> tuple[float, float]:
+    """Frames/s of tokenising (tokenizer + LAM encode) and of a dynamics training step on `device`, timed here.
+
+    The time split between tokenising and dynamics training uses these rather than constants for one machine."""
+    import yaml
+
+    from dynamics.config import DynamicsConfig
+    from dynamics.model import DynamicsModel
+    from genie.export import load_export
+
+    tok = load_export(tokenizer_dir, "tokenizer").to(device)
+    lam = load_export(lam_dir, "lam").to(device)
+    cfg = yaml.safe_load(dynamics_config.read_text())
+    dcfg = DynamicsConfig.from_dict(cfg["model"]["config"])
+    b = batch_size or cfg["data"].get("batch_size", 8)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t) / repeats
+
+    c, size, w = tok.config.channels, tok.config.image_size, tok.config.num_frames
+    video = torch.zeros(b, w, c, size, size, device=device)
+    with torch.no_grad(), autocast:
+        tok_s = timed(lambda: (tok.encode(video), lam.infer_actions(video[:, :lam.config.num_frames])))
+    dyn = DynamicsModel(dcfg).to(device)
+    opt = torch.optim.AdamW(dyn.parameters(), lr=1e-4)
+    t = dcfg.num_frames
+    tokens = torch.zeros(b, t, *dcfg.grid, dtype=torch.long, device=device)
+    actions = torch.zeros(b, t - 1, dtype=torch.long, device=device)
+
+    def step():
+        with autocast:
+            loss = dyn(tokens, actions).float().logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    dyn_s = timed(step)
+    return b * w / tok_s, b * t / dyn_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained: bool = False, tiny: bool = False,
-               episodes: int | None = None, overwrite: bool = False) -> dict:
+               episodes: int | None = None, overwrite: bool = False, device: str | torch.device = "auto") -> dict:
     from data_pipelines.coinrun import record_coinrun
     from genie.evaluate import evaluate, markdown_table
     from genie.probe import probe
@@ -41,6 +112,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     from genie.world_model import WorldModel
 
     t0 = time.perf_counter()
+    dev = resolve_device(device)
     out = Path(out)
     if pretrained:
         missing = [s for s in ("tokenizer", "lam", "dynamics") if not (PRETRAINED / s / "model.safetensors").is_file()]
@@ -74,7 +146,8 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
 
         train_minutes = minutes_left()
         runs = {}
-        common = ["--trainer.enable_progress_bar", "false"] if tiny else []
+        print(f"training on {dev} ({HARDWARE['cuda' if dev.type == 'cuda' else 'cpu']['precision']})")
+        common = (["--trainer.enable_progress_bar", "false"] if tiny else []) + trainer_args(dev, tiny)
         for i, stage in enumerate(("tokenizer", "lam")):
             print(f"[{2 + i}/6] training the {stage} ({preset} preset, ≤ {train_minutes * SHARES[stage]:.1f} min)")
             runs[stage] = out / "runs" / stage
@@ -87,16 +160,20 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
 
         left = minutes_left()
         limit = None
-        if not tiny:  # tokenising time τ and training time left − τ, with TOKENIZE_FPS·τ = DYNAMICS_TRAIN_FPS·(left − τ)
+        if not tiny:  # tokenising time τ and training time left − τ, with tokenize_fps·τ = train_fps·(left − τ)
+            tokenize_fps, train_fps = measure_rates(runs["tokenizer"] / "export", runs["lam"] / "export",
+                                                    REPO / "configs" / "dynamics" / f"{preset}.yaml", dev,
+                                                    HARDWARE["cuda" if dev.type == "cuda" else "cpu"]["batch_size"])
+            print(f"measured on {dev}: tokenising {tokenize_fps:.0f} frames/s, dynamics training {train_fps:.0f} frames/s")
             split = read_card(data)["splits"]["train"]
-            tau = left * DYNAMICS_TRAIN_FPS / (TOKENIZE_FPS + DYNAMICS_TRAIN_FPS)
-            n = max(4, round(TOKENIZE_FPS * 60 * tau / (split["frames"] / split["episodes"])))
+            tau = left * train_fps / (tokenize_fps + train_fps)
+            n = max(4, round(tokenize_fps * 60 * tau / (split["frames"] / split["episodes"])))
             limit = {"train": n, "val": max(2, n // 8)}
         print(f"[4/6] tokenizing {'all' if limit is None else limit['train']} training episodes with the tokenizer and "
               f"the LAM, then training the dynamics model (≤ {left:.1f} min for both)")
         tokens = out / "data" / "tokens"
         tokenize_dataset(runs["tokenizer"] / "export", data, tokens, lam_dir=runs["lam"] / "export", overwrite=True,
-                         max_episodes=limit, progress=not tiny)
+                         max_episodes=limit, progress=not tiny, device=dev)
         runs["dynamics"] = out / "runs" / "dynamics"
         remaining = minutes_left()
         extra = ["--trainer.max_steps", "30"] if tiny else []
@@ -111,19 +188,18 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     # 8 MaskGIT steps per frame (the speed target's setting) keep the report to minutes on 2 cores;
     # `genie evaluate --steps 25` gives the slower, Genie-default figure.
     res = evaluate(model, heldout, split="test", num_clips=8 if tiny else 64, seed=0, steps=4 if tiny else 8,
-                   horizon=horizon, delta_t=2 if tiny else 4, progress=not tiny)
+                   horizon=horizon, delta_t=2 if tiny else 4, progress=not tiny, device=dev)
     (out / "report.json").write_text(json.dumps(res, indent=2))
     table = markdown_table(res)
     (out / "report.md").write_text(table)
-    probe(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4, steps=4 if tiny else 8)
+    probe(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4, steps=4 if tiny else 8,
+          device=dev)
 
     print("[6/6] generating sample clips")
-    import torch
-
     from data_pipelines.clips import ClipDataset, video_to_frames
     from genie.video_io import write_clip
 
-    wm = WorldModel.from_pretrained(model)
+    wm = WorldModel.from_pretrained(model).to(dev)
     prompt = ClipDataset(heldout, "test", clip_len=1, num_clips=1, seed=0)[0]["video"]
     samples = []
     for a in range(min(wm.num_actions, 4)):

@@ -19,23 +19,26 @@ import torch
 from data_pipelines.clips import ClipDataset, frames_to_video
 from data_pipelines.errors import GenieInputError
 from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, read_card
+from genie.device import resolve_device, to_device
 from genie.export import load_export
 
 
 @torch.no_grad()
 def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Path, *, lam_dir: str | Path | None = None,
                      batch_size: int = 16, max_episodes: int | dict[str, int] | None = None, overwrite: bool = False,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, device: str | torch.device = "auto") -> dict:
     """Tokenise every split of `data`. With `lam_dir`, the stored actions are the LAM's latent actions
     (inferred over windows of the LAM's num_frames that overlap by one frame, so every transition,
     window boundaries included, gets one); without it, the dataset's own actions are carried along.
     `max_episodes` keeps only the first that many episodes of each split (a quicker, smaller dataset); a
-    dict {split: n} limits the splits it names."""
+    dict {split: n} limits the splits it names. `device`: 'auto' | 'cpu' | 'cuda[:N]' where the windows are
+    encoded, `batch_size` windows at a time."""
     limits = max_episodes if isinstance(max_episodes, dict) else {s: max_episodes for s in SPLITS}
     if any(n is not None and n < 1 for n in limits.values()):
         raise GenieInputError(f"--max-episodes must be >= 1, got {max_episodes}")
-    model = load_export(tokenizer_dir, "tokenizer")
-    lam = load_export(lam_dir, "lam") if lam_dir is not None else None
+    dev = resolve_device(device)
+    model = to_device(load_export(tokenizer_dir, "tokenizer"), dev, f"{tokenizer_dir} (tokenizer)")
+    lam = to_device(load_export(lam_dir, "lam"), dev, f"{lam_dir} (LAM)") if lam_dir is not None else None
     if lam is not None and (lam.config.image_size, lam.config.channels) != (model.config.image_size, model.config.channels):
         raise GenieInputError(f"{lam_dir}: LAM resolution {lam.config.image_size} does not match the tokenizer's {model.config.image_size}")
     cfg = model.config
@@ -81,13 +84,13 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
                     group = starts[i:i + batch_size]
                     full = [s for s in group if s + window <= n]
                     if full:
-                        video = torch.stack([frames_to_video(frames[s:s + window]) for s in full])
-                        tok = model.encode(video).numpy().astype(np.uint16)
+                        video = torch.stack([frames_to_video(frames[s:s + window]) for s in full]).to(dev)
+                        tok = model.encode(video).cpu().numpy().astype(np.uint16)
                         for s, t in zip(full, tok):
                             ids[s:s + window] = t
                     for s in group:
                         if s + window > n:  # the shorter last window
-                            ids[s:] = model.encode(frames_to_video(frames[s:])[None])[0].numpy().astype(np.uint16)
+                            ids[s:] = model.encode(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy().astype(np.uint16)
                 row = int(np.flatnonzero(eid_col == ds._eids[e])[0])
                 r = table.slice(row, 1).to_pylist()[0]
                 acts = ds.episode_actions(e) if lam is None else _latent_actions(lam, frames, batch_size)
@@ -100,7 +103,7 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     if bar is not None:
         bar.close()
     dt = time.perf_counter() - t0
-    return {"path": str(path), "frames": total, "seconds": dt, "frames_per_s": total / dt if dt else 0.0}
+    return {"path": str(path), "frames": total, "seconds": dt, "frames_per_s": total / dt if dt else 0.0, "device": str(dev)}
 
 
 def _episode_column(table, eid_col, eid, name: str) -> np.ndarray:
@@ -114,6 +117,7 @@ def _latent_actions(lam, frames: np.ndarray, batch_size: int) -> np.ndarray:
     """LAM action ids for every transition of an episode, in the storage layout (one per frame; the
     last frame, which has no next frame in the episode, gets -1)."""
     n, w = len(frames), lam.config.num_frames
+    dev = next(lam.parameters()).device
     out = np.full(n, -1, np.int16)
     if n < 2:
         return out
@@ -122,10 +126,10 @@ def _latent_actions(lam, frames: np.ndarray, batch_size: int) -> np.ndarray:
         group = starts[i:i + batch_size]
         full = [s for s in group if s + w <= n]
         if full:
-            ids = lam.infer_actions(torch.stack([frames_to_video(frames[s:s + w]) for s in full])).numpy()
+            ids = lam.infer_actions(torch.stack([frames_to_video(frames[s:s + w]) for s in full]).to(dev)).cpu().numpy()
             for s, a in zip(full, ids):
                 out[s:s + w - 1] = a
         for s in group:
             if s + w > n:
-                out[s:n - 1] = lam.infer_actions(frames_to_video(frames[s:])[None])[0].numpy()
+                out[s:n - 1] = lam.infer_actions(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy()
     return out

@@ -147,8 +147,10 @@ def run_train(stage: str, args: list[str]) -> None:
     mod_name, cls_name = STAGES[stage]
     try:
         module_cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError):
-        raise GenieInputError(f"training the {stage} stage is not available in this version") from None
+    except ImportError as e:  # name what failed: a missing dependency must not look like a missing feature
+        missing = f"package {e.name!r}" if e.name else "a module"
+        raise GenieInputError(f"training the {stage} stage needs {missing}, which failed to import ({e}); "
+                              f"install it, e.g. `pip install {(e.name or '').split('.')[0] or '<package>'}`") from None
     for i, a in enumerate(args):  # a missing --config file is named plainly, not by a parser stack
         if a == "--config" and i + 1 < len(args) and not Path(args[i + 1]).is_file():
             raise GenieInputError(f"{args[i + 1]}: no such config file")

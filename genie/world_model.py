@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from data_pipelines.errors import GenieInputError
+from genie.device import generator_for
 from genie.export import load_export
 from genie.sampling import decode_tokens, rollout_tokens
 
@@ -108,6 +109,10 @@ class WorldModel(nn.Module):
         return self.lam.num_actions
 
     @property
+    def device(self) -> torch.device:
+        return next(self.dynamics.parameters()).device
+
+    @property
     def image_size(self) -> int:
         return self.tokenizer.config.image_size
 
@@ -127,7 +132,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def encode_prompt(self, prompt: Tensor) -> tuple[Tensor, Tensor]:
         """Prompt video (b, t0, c, H, W) → its tokens (b, t0, h, w) and LAM actions between its frames (b, t0-1)."""
-        prompt = self._prompt(prompt)
+        prompt = self._prompt(prompt).to(self.device)
         window = self.tokenizer.config.num_frames
         prompt = prompt[:, -min(prompt.shape[1], window, self.dynamics.config.num_frames - 1):]
         tokens = self.tokenizer.encode(prompt)
@@ -150,8 +155,7 @@ class WorldModel(nn.Module):
             actions = actions[None].expand(b, -1)
         self._check_actions(actions)
         tokens, prompt_actions = self.encode_prompt(prompt_frames)
-        g = torch.Generator(device="cpu")
-        g.manual_seed(seed if seed is not None else torch.seed())
+        g = generator_for(tokens.device, seed)
         out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), steps=steps, temperature=temperature,
                              generator=g, use_cache=use_cache, unmask=unmask,
                              prompt_actions=prompt_actions if tokens.shape[1] > 1 else None)
@@ -161,15 +165,13 @@ class WorldModel(nn.Module):
     def reset(self, prompt: Tensor, seed: int = 0) -> GenieState:
         """Start an interactive session from a prompt (b, t0, c, H, W) or (b, c, H, W)."""
         tokens, actions = self.encode_prompt(prompt)
-        g = torch.Generator(device="cpu")
-        g.manual_seed(seed)
-        return GenieState(tokens=tokens, actions=actions, generator=g)
+        return GenieState(tokens=tokens, actions=actions, generator=generator_for(tokens.device, seed))
 
     @torch.no_grad()
     def step(self, state: GenieState, action: int | Tensor, steps: int = 25, temperature: float = 1.0) -> Tensor:
         """Apply one latent action: returns the new frame (b, c, H, W) and extends `state` in place."""
         b = state.tokens.shape[0]
-        a = torch.as_tensor(action, dtype=torch.long).reshape(-1).expand(b)[:, None]
+        a = torch.as_tensor(action, dtype=torch.long, device=state.tokens.device).reshape(-1).expand(b)[:, None]
         self._check_actions(a)
         window = self.dynamics.config.num_frames - 1
         ctx, ctx_actions = state.tokens[:, -window:], state.actions[:, -(window - 1):] if window > 1 else state.actions[:, :0]

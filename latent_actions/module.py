@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genie.device import generator_for
 from genie.metrics import normalized_mutual_info, psnr
 from genie.nn import codebook_usage
 from genie.training import GenieModule
@@ -63,8 +64,8 @@ class LatentActionModule(GenieModule):
         b = video.shape[0]
         out = self.model(video)
         target = video[:, 1:]
-        g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
-        random_actions = torch.randint(0, self.model.num_actions, out.actions.shape, generator=g).to(video.device)
+        g = generator_for(video.device, 1000 + batch_idx)
+        random_actions = torch.randint(0, self.model.num_actions, out.actions.shape, generator=g, device=video.device)
         pred_random = self.model.decode_with_actions(video[:, :-1], random_actions)
         p_inf, p_rand = psnr(out.pred, target).mean(), psnr(pred_random, target).mean()
         self.log_dict({"val/psnr_inferred": p_inf, "val/psnr_random": p_rand, "val/psnr_gap": p_inf - p_rand},

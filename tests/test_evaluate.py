@@ -78,3 +78,15 @@ def test_probe_writes_its_files(world, tmp_path):  # noqa: F811
     assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
     conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())
     assert len(conf["counts"]) == 8 and sum(map(sum, conf["counts"])) > 0
+
+
+def test_a_rollout_shorter_than_delta_t_reports_delta_at_its_last_step(world, tmp_path):  # noqa: F811
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:
+        w.add_episode(coded_episode(0, 12, h=64, w=64), "test")
+        w.close()
+    p = run_genie("evaluate", "--model", world / "world", "--data", data, "--out", tmp_path / "e.json",
+                  "--num-clips", "2", "--steps", "2", "--horizon", "3", "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    w = json.loads((tmp_path / "e.json").read_text())["world_model"]
+    assert "delta_t_psnr_t3_db" in w and len(w["rollout_psnr_db"]) == 3
