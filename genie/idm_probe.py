@@ -1,0 +1,197 @@
+"""A supervised inverse-dynamics probe: the ceiling for how well latent actions can match true ones.
+
+The LAM learns its actions without labels; how close it gets to the controls is only meaningful next to
+what a model that *sees* the labels reaches from the same two frames. This probe is that model: a small
+CNN that reads frames t and t+1 and their difference and predicts the (merged) true action between them.
+It is trained on the labelled transitions of a dataset's `train` split and scored on the held-out clips
+the LAM is scored on (genie.evaluate). Evaluation only: it never touches LAM training.
+
+Trained probes are cached (safetensors + a JSON key naming the data, its card, the settings and the seed)
+so repeated evaluations of the same data cost nothing.
+
+Shapes: `b` batch, `t` frames, `c` channels, `H W` pixels, `k` action classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from data_pipelines.clips import ClipDataset
+from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import read_card
+
+PROBE_VERSION = 1  # bump when the architecture or training changes: old cache entries are then ignored
+
+
+@dataclass
+class ProbeSettings:
+    """How the probe is trained. `max_steps` bounds it; `max_seconds` is a safety cap on slow machines
+    (the steps actually run are reported with the result)."""
+
+    max_steps: int = 1500
+    max_seconds: float = 240.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.width < 1:
+            raise GenieInputError("probe max_steps, batch_size and width must be >= 1")
+        if not (self.max_seconds > 0 and self.lr > 0):
+            raise GenieInputError("probe max_seconds and lr must be > 0")
+
+
+class InverseDynamicsProbe(nn.Module):
+    """Frames x_t, x_{t+1} and x_{t+1} - x_t (3c channels) → logits over `num_classes` actions.
+
+    Three stride-2 convolutions, then a 4×4 average pool that keeps coarse position (where the agent
+    is matters: the difference image alone mixes the agent with the scrolling background)."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3 * channels, w, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, num_classes),
+        )
+
+    def forward(self, before: Tensor, after: Tensor) -> Tensor:
+        """before, after: (b, c, H, W) in [-1, 1] → logits (b, k)."""
+        return self.net(torch.cat([before, after, after - before], dim=1))
+
+    @torch.no_grad()
+    def predict_clip(self, video: Tensor) -> Tensor:
+        """Predicted class of each transition of (b, t, c, H, W) clips → (b, t-1) int64."""
+        b = video.shape[0]
+        before = rearrange(video[:, :-1], "b t c h w -> (b t) c h w")
+        after = rearrange(video[:, 1:], "b t c h w -> (b t) c h w")
+        return rearrange(self(before, after).argmax(-1), "(b t) -> b t", b=b)
+
+
+def _merge_table(card: dict) -> np.ndarray | None:
+    table = card.get("merged_action")
+    return np.asarray(table, dtype=np.int64) if table else None
+
+
+def _card_hash(card: dict) -> str:
+    return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_key(data: Path, card: dict, settings: ProbeSettings, seed: int) -> dict:
+    return {"probe_version": PROBE_VERSION, "data": str(data.resolve()), "card_sha256": _card_hash(card),
+            "split": "train", "settings": dataclasses.asdict(settings), "seed": seed}
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
+                device: torch.device | str = "cpu") -> tuple[InverseDynamicsProbe, dict]:
+    """Train a probe on the labelled transitions of `data`'s train split (merged actions if the card has a table).
+
+    Deterministic in `seed` on a given device (unless `settings.max_seconds` stops it early: see `info`)."""
+    ds = ClipDataset(data, "train", clip_len=2)
+    merge = _merge_table(ds.card)
+    num_classes = int(merge.max()) + 1 if merge is not None else int(ds.card["num_actions"])
+    torch.manual_seed(seed)
+    model = InverseDynamicsProbe(ds.frame_shape[2], num_classes, settings.width).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.max_steps, pct_start=0.1)
+    rng = np.random.default_rng(seed)
+    t0, step, loss = time.perf_counter(), 0, float("nan")
+    model.train()
+    with torch.enable_grad():  # callers evaluate under no_grad
+        while step < settings.max_steps and time.perf_counter() - t0 < settings.max_seconds:
+            items = [ds[int(i)] for i in rng.integers(0, len(ds), settings.batch_size)]
+            video = torch.stack([it["video"] for it in items]).to(device)  # (b, 2, c, H, W)
+            y = torch.stack([it["actions"][0] for it in items])
+            if merge is not None:
+                y = torch.from_numpy(merge[y.numpy()])
+            logits = model(video[:, 0], video[:, 1])
+            ce = F.cross_entropy(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            ce.backward()
+            opt.step()
+            sched.step()
+            step, loss = step + 1, float(ce.detach())
+    model.eval()
+    info = {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "final_loss": loss,
+            "train_transitions": len(ds), "num_classes": num_classes}
+    return model, info
+
+
+def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, seed: int = 0,
+              device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None
+              ) -> tuple[InverseDynamicsProbe | None, dict]:
+    """The probe for `data` (its train split), from the cache when the key matches, else trained and cached.
+
+    Returns (probe, info); (None, {"reason": ...}) when the data has no labelled train split.
+    The cache defaults to `<data>/.genie-cache/`; a cache that cannot be written is skipped, not an error."""
+    settings = settings or ProbeSettings()
+    data = Path(data)
+    card = read_card(data)  # a folder that is no dataset is a user error (exit 2), not "not computed"
+    if not card.get("has_actions"):
+        return None, {"reason": f"{data} has no true actions"}
+    if "train" not in card.get("splits", {}):
+        return None, {"reason": f"{data} has no labelled train split to train it on (splits: "
+                                f"{', '.join(card.get('splits', {})) or 'none'}); pass --probe-data DIR"}
+    key = _cache_key(data, card, settings, seed)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) if cache_dir is not None else data / ".genie-cache"
+    weights, meta = cache / f"idm-probe-{digest}.safetensors", cache / f"idm-probe-{digest}.json"
+    if weights.is_file() and meta.is_file():
+        try:
+            stored = json.loads(meta.read_text())
+            if stored.get("key") == key:
+                info = stored["info"]
+                model = InverseDynamicsProbe(card["channels"], info["num_classes"], settings.width)
+                model.load_state_dict(load_file(weights))
+                return model.to(device).eval(), {**info, "cached": True, "cache_file": str(weights)}
+        except (OSError, ValueError, KeyError, RuntimeError):
+            pass  # unreadable or stale entry: retrain and overwrite it
+    model, info = train_probe(data, settings, seed, device)
+    info = {**info, "data": str(data), "seed": seed, "settings": dataclasses.asdict(settings)}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        _write_atomic(weights, lambda tmp: save_file(state, tmp))
+        _write_atomic(meta, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "info": info}, indent=2)))
+        info["cache_file"] = str(weights)
+    except OSError as e:
+        info["cache_file"] = f"not written: {e}"
+    return model, {**info, "cached": False}
+
+
+def check_same_classes(probe_data: str | os.PathLike, eval_card: dict) -> str | None:
+    """Why a probe trained on `probe_data` cannot score data with `eval_card`, or None when it can."""
+    a, b = _merge_table(read_card(probe_data)), _merge_table(eval_card)
+    if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+        return f"{probe_data} and the evaluated data merge actions differently (dataset cards' merged_action)"
+    return None
+
