@@ -26,13 +26,21 @@ class LatentActionModule(GenieModule):
     Args:
         config: the model config (see `latent_actions.config.PRESETS`, configs/latent_actions/*.yaml).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warmup and cosine decay.
+        change_weight: 0 (default) is the plain MSE of Genie §2.2. w > 0 weights each pixel's squared error
+            by 1 + w·|x_{t+1} − x_t| (mean over channels, in [-1, 1] units; weights normalised to mean 1 per
+            batch), so pixels that change between frames (the sprite, what the action moves) count more than
+            the static or slowly scrolling background that dominates the plain MSE. Training only: exports
+            and evaluation do not depend on it.
     """
 
     stage = "lam"
 
     def __init__(self, config: LatentActionConfig, lr: float = 3e-4, weight_decay: float = 0.01,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1):
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1,
+                 change_weight: float = 0.0):
         super().__init__()
+        if not change_weight >= 0:
+            raise ValueError(f"change_weight must be >= 0, got {change_weight!r}")
         if isinstance(config, dict):
             config = LatentActionConfig.from_dict(config)
         self.save_hyperparameters(ignore=["config"])
@@ -48,8 +56,15 @@ class LatentActionModule(GenieModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         video = batch["video"]
         out = self.model(video)
-        mse = F.mse_loss(out.pred.float(), video[:, 1:].float())
-        loss = mse + out.quant_loss
+        target = video[:, 1:].float()
+        err = (out.pred.float() - target).square()  # (b, t-1, c, H, W)
+        mse = err.mean()
+        recon = mse
+        if self.hparams.change_weight > 0:
+            change = (target - video[:, :-1].float()).abs().mean(dim=2, keepdim=True)  # (b, t-1, 1, H, W)
+            w = 1 + self.hparams.change_weight * change
+            recon = (err * (w / w.mean())).mean()
+        loss = recon + out.quant_loss
         usage = codebook_usage(out.actions, self.model.num_actions)
         self.log_dict({"train/loss": loss, "train/mse": mse, "train/quant_loss": out.quant_loss,
                        "train/code_usage": usage.usage, "train/perplexity": usage.perplexity})
