@@ -60,7 +60,9 @@ def loss_fn(stage: str, model, batch):
     tokens, actions = batch
     from dynamics.maskgit import training_mask
 
-    mask = training_mask(tokens.shape, keep_first_frames=1, generator=torch.Generator().manual_seed(0))
+    from genie.device import generator_for
+
+    mask = training_mask(tokens.shape, keep_first_frames=1, generator=generator_for(tokens.device, 0), device=tokens.device)
     logits = model(tokens.masked_fill(mask, model.mask_id), actions)
     return F.cross_entropy(logits[mask].float(), tokens[mask])
 
