@@ -180,6 +180,10 @@ class ClipDataset(Dataset):
         frames = np.stack([self._bufs[b][o:o + fb] for b, o in zip(self._frame_buf[g], self._frame_byte[g])])
         return frames.view(self.dtype).reshape(len(g), *self.frame_shape)
 
+    def episode_id(self, episode: int) -> int:
+        """The stored `episode_id` of episode index `episode`."""
+        return int(self._eids[episode])
+
     def episode_actions(self, episode: int) -> np.ndarray | None:
         if self._actions is None:
             return None

@@ -20,6 +20,7 @@ from data_pipelines.clips import ClipDataset, frames_to_video
 from data_pipelines.errors import GenieInputError
 from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, read_card
 from genie.device import resolve_device, to_device
+from genie.distributed import process_state
 from genie.export import load_export
 
 
@@ -69,41 +70,70 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="frame", desc="tokenizing", dynamic_ncols=True, mininterval=0.5)
-    t0 = time.perf_counter()
-    with DatasetWriter(out, overwrite=overwrite, chunk_len=card.get("chunk_len", 64), card=new_card) as w:
-        for split in splits:
-            ds = sets[split]
+    state, dev = process_state(dev)
+    if state is not None:
+        model, lam = model.to(dev), (lam.to(dev) if lam is not None else None)
+    tables = {}
+
+    def encode(split: str, e: int) -> Episode:
+        ds = sets[split]
+        if split not in tables:
             table = load_split(data, split).data.table
-            eid_col = table.column("episode_id").to_numpy()
-            for e in episodes[split]:
-                frames = ds.episode_frames(e)
-                n = len(frames)
-                ids = np.empty((n, cfg.grid_size, cfg.grid_size), np.uint16)
-                starts = list(range(0, n, window))
-                for i in range(0, len(starts), batch_size):
-                    group = starts[i:i + batch_size]
-                    full = [s for s in group if s + window <= n]
-                    if full:
-                        video = torch.stack([frames_to_video(frames[s:s + window]) for s in full]).to(dev)
-                        tok = model.encode(video).cpu().numpy().astype(np.uint16)
-                        for s, t in zip(full, tok):
-                            ids[s:s + window] = t
-                    for s in group:
-                        if s + window > n:  # the shorter last window
-                            ids[s:] = model.encode(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy().astype(np.uint16)
-                row = int(np.flatnonzero(eid_col == ds._eids[e])[0])
-                r = table.slice(row, 1).to_pylist()[0]
-                acts = ds.episode_actions(e) if lam is None else _latent_actions(lam, frames, batch_size)
-                rewards, dones = _episode_column(table, eid_col, ds._eids[e], "rewards"), _episode_column(table, eid_col, ds._eids[e], "dones")
-                w.add_episode(Episode(frames=ids[..., None], actions=acts if (ds.has_actions or lam is not None) else None, rewards=rewards,
-                                      dones=dones, level_seed=r["level_seed"], source=r["source"]), split)
-                if bar is not None:
-                    bar.update(n)
-        path = w.close()
+            tables[split] = (table, table.column("episode_id").to_numpy())
+        table, eid_col = tables[split]
+        frames = ds.episode_frames(e)
+        n = len(frames)
+        ids = np.empty((n, cfg.grid_size, cfg.grid_size), np.uint16)
+        starts = list(range(0, n, window))
+        for i in range(0, len(starts), batch_size):
+            group = starts[i:i + batch_size]
+            full = [s for s in group if s + window <= n]
+            if full:
+                video = torch.stack([frames_to_video(frames[s:s + window]) for s in full]).to(dev)
+                tok = model.encode(video).cpu().numpy().astype(np.uint16)
+                for s, t in zip(full, tok):
+                    ids[s:s + window] = t
+            for s in group:
+                if s + window > n:  # the shorter last window
+                    ids[s:] = model.encode(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy().astype(np.uint16)
+        eid = ds.episode_id(e)
+        r = table.slice(int(np.flatnonzero(eid_col == eid)[0]), 1).to_pylist()[0]
+        acts = ds.episode_actions(e) if lam is None else _latent_actions(lam, frames, batch_size)
+        rewards, dones = _episode_column(table, eid_col, eid, "rewards"), _episode_column(table, eid_col, eid, "dones")
+        if bar is not None:
+            bar.update(n * (state.num_processes if state is not None else 1))
+        return Episode(frames=ids[..., None], actions=acts if (ds.has_actions or lam is not None) else None, rewards=rewards,
+                       dones=dones, level_seed=r["level_seed"], source=r["source"])
+
+    work = [(split, e) for split in splits for e in episodes[split]]
+    main = state is None or state.is_main_process
+    if not main and bar is not None:
+        bar.close()
+        bar = None
+    t0 = time.perf_counter()
+    if state is None:  # one process: write each episode as soon as it is encoded
+        with DatasetWriter(out, overwrite=overwrite, chunk_len=card.get("chunk_len", 64), card=new_card) as w:
+            for split, e in work:
+                w.add_episode(encode(split, e), split)
+            path = w.close()
+    else:  # several processes: contiguous shares of the episodes, gathered in order, written by the main process
+        from accelerate.utils import gather_object
+
+        with state.split_between_processes(work) as mine:
+            done = [(split, encode(split, e)) for split, e in mine]
+        done = gather_object(done)
+        path = Path(out)
+        if main:
+            with DatasetWriter(out, overwrite=overwrite, chunk_len=card.get("chunk_len", 64), card=new_card) as w:
+                for split, ep in done:
+                    w.add_episode(ep, split)
+                path = w.close()
+        state.wait_for_everyone()
     if bar is not None:
         bar.close()
     dt = time.perf_counter() - t0
-    return {"path": str(path), "frames": total, "seconds": dt, "frames_per_s": total / dt if dt else 0.0, "device": str(dev)}
+    return {"path": str(path), "frames": total, "seconds": dt, "frames_per_s": total / dt if dt else 0.0, "device": str(dev),
+            "processes": state.num_processes if state is not None else 1, "main_process": main}
 
 
 def _episode_column(table, eid_col, eid, name: str) -> np.ndarray:

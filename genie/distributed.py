@@ -1,0 +1,31 @@
+"""Several processes for inference (`torchrun --nproc-per-node N -m genie tokenize|...`), with accelerate.
+
+Under torchrun (WORLD_SIZE > 1) `process_state` starts accelerate's `PartialState` (gloo on the CPU,
+NCCL on GPUs, one GPU per local rank) so a command can split its work with `split_between_processes`
+and collect it with `gather_object`; launched plainly, it returns None and the command runs alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def launched() -> bool:
+    """True when this process is one of several started by torchrun (or another launcher that sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state(device: torch.device):
+    """(accelerate PartialState or None, the device this process uses).
+
+    On CUDA each process takes the GPU of its local rank; on the CPU the processes talk over gloo."""
+    if not launched():
+        return None, device
+    from accelerate import PartialState
+
+    if device.type == "cuda":
+        state = PartialState()
+        return state, state.device
+    return PartialState(cpu=True, backend="gloo"), torch.device("cpu")
