@@ -145,6 +145,15 @@ def dataset_prompts(data: str | Path, image_size: int, count: int = 16, split: s
     return list(resize_frames(frames, image_size))
 
 
+def upload_type(content_type: str | None) -> str:
+    """The upload's media type, or PlayRequestError 415 for anything but PNG/JPEG."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in UPLOAD_TYPES:
+        raise PlayRequestError(415, f"upload type {ctype or '(none)'} is not accepted; send a PNG or JPEG image "
+                                    f"(Content-Type image/png or image/jpeg)")
+    return ctype
+
+
 def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.ndarray:
     """An uploaded PNG/JPEG → uint8 (H, W, 3) centre-cropped and resized to the model's size, as
     `genie generate` reads a prompt (genie.video_io.read_prompt). Raises PlayRequestError 413/415/400."""
@@ -152,10 +161,7 @@ def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.
 
     from data_pipelines.video import resize_frames
 
-    ctype = (content_type or "").split(";")[0].strip().lower()
-    if ctype not in UPLOAD_TYPES:
-        raise PlayRequestError(415, f"upload type {ctype or '(none)'} is not accepted; send a PNG or JPEG image "
-                                    f"(Content-Type image/png or image/jpeg)")
+    ctype = upload_type(content_type)
     if len(body) > MAX_UPLOAD_BYTES:
         raise PlayRequestError(413, f"upload of {len(body)} bytes is over the limit of {MAX_UPLOAD_BYTES} bytes")
     if not body:
@@ -442,9 +448,7 @@ def create_app(player: Player, allowed_hosts: list[str] | None = None, sweep_eve
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             return error(413, f"upload of {declared} bytes is over the limit of {MAX_UPLOAD_BYTES} bytes")
-        ctype = request.headers.get("content-type")
-        if (ctype or "").split(";")[0].strip().lower() not in UPLOAD_TYPES:
-            decode_upload(b"", ctype, player.wm.image_size)  # raises the 415
+        ctype = upload_type(request.headers.get("content-type"))  # refused before reading the body
         body = bytearray()
         async for chunk in request.stream():  # read no further than the limit, whatever Content-Length said
             body += chunk
