@@ -12,6 +12,7 @@ Clips are a fixed, seeded subset of the split, so the same seed gives the same n
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.errors import GenieInputError
+from genie.device import generator_for, resolve_device, to_device
+from genie.distributed import process_state
 from genie.metrics import normalized_mutual_info, psnr
 
 
@@ -62,51 +65,139 @@ def mean_ci95(values: np.ndarray) -> dict:
     return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)], "n": int(len(v))}
 
 
-def _batches(ds: ClipDataset, batch: int):
-    for i in range(0, len(ds), batch):
+def _batches(ds: ClipDataset, batch: int, device: torch.device | str = "cpu", state=None):
+    """Batches of the clip subset as dicts with `video` (on `device`), `actions` (CPU) and `index` (the batch's
+    number). Under several processes (`state`, genie.distributed) each yields a contiguous share of the batches."""
+    starts = list(range(0, len(ds), batch))
+    if state is not None:
+        with state.split_between_processes(starts) as mine:
+            starts = list(mine)
+    for i in starts:
         items = [ds[j] for j in range(i, min(len(ds), i + batch))]
-        out = {"video": torch.stack([it["video"] for it in items])}
+        out = {"video": torch.stack([it["video"] for it in items]).to(device), "index": i // batch}
         if "actions" in items[0]:
-            out["actions"] = torch.stack([it["actions"] for it in items])
+            out["actions"] = torch.stack([it["actions"] for it in items])  # labels stay on the CPU
         yield out
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    """One generator per batch, so the figures do not depend on how the batches are shared between processes."""
+    return generator_for(device, seed * 1_000_003 + index)
+
+
+def _gather(state, *lists: list) -> tuple[list, ...]:
+    """Per-batch results of every process, in batch order (the shares are contiguous and gathered in rank order)."""
+    if state is None:
+        return lists
+    from accelerate.utils import gather_object
+
+    return tuple(gather_object(list(x)) for x in lists)
+
+
+# A patch counts as unchanged when no pixel of it moved by more than this, in [-1, 1] units: one uint8 step
+# is 2/255 ≈ 0.0078, so 1e-6 means bit-identical stored pixels.
+UNCHANGED_PATCH_THRESHOLD = 1e-6
+
+
+def token_stability_counts(indices: torch.Tensor, video: torch.Tensor, patch_size: int,
+                           threshold: float = UNCHANGED_PATCH_THRESHOLD) -> torch.Tensor:
+    """Counts of identical tokens between consecutive frames, overall and where the pixels did not change.
+
+    indices (b, t, h, w) token ids of video (b, t, c, H, W) in [-1, 1], one token per p×p pixel patch
+    (`patch_size` p). Returns int64 [identical, transitions, identical on unchanged patches, unchanged
+    patches] summed over the batch (on the CPU), so batches add up."""
+    from einops import reduce
+
+    same = indices[:, 1:] == indices[:, :-1]  # (b, t-1, h, w)
+    diff = (video[:, 1:] - video[:, :-1]).abs()
+    change = reduce(diff, "b t c (h p1) (w p2) -> b t h w", "max", p1=patch_size, p2=patch_size)
+    unchanged = change <= threshold
+    return torch.stack([same.sum(), torch.tensor(same.numel(), device=same.device),
+                        (same & unchanged).sum(), unchanged.sum()]).long().cpu()
+
+
+def _share(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
 @torch.no_grad()
-def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None) -> dict:
+def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
+                       state=None) -> dict:
     from genie.nn import codebook_usage
 
     ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
-    ps, ss, ids = [], [], []
-    for b in _batches(ds, batch):
+    ps, ss, ids, stab = [], [], [], []
+    for b in _batches(ds, batch, _device_of(tokenizer), state):
         out = tokenizer(b["video"])
-        ps.append(psnr(out.recon, b["video"]).flatten())
-        ss.append(_ssim(out.recon.flatten(0, 1), b["video"].flatten(0, 1)))
-        ids.append(out.indices.flatten())
+        ps.append(psnr(out.recon, b["video"]).flatten().cpu())
+        ss.append(_ssim(out.recon.flatten(0, 1), b["video"].flatten(0, 1)).cpu())
+        ids.append(out.indices.flatten().cpu())
+        stab.append(token_stability_counts(out.indices, b["video"], tokenizer.config.patch_size))
         if progress:
             progress(len(b["video"]))
+    ps, ss, ids, stab = _gather(state, ps, ss, ids, stab)
+    stab = torch.stack(stab).sum(0)
     u = codebook_usage(torch.cat(ids), tokenizer.codebook_size)
     return {"clips": len(ds), "clip_len": ds.clip_len, "psnr_db": float(torch.cat(ps).mean()),
-            "ssim": float(torch.cat(ss).mean()), "codebook_usage": float(u.usage), "codebook_perplexity": float(u.perplexity)}
+            "ssim": float(torch.cat(ss).mean()), "codebook_usage": float(u.usage), "codebook_perplexity": float(u.perplexity),
+            "token_stability": {
+                "identical_share": _share(int(stab[0]), int(stab[1])),
+                "identical_share_unchanged_patches": _share(int(stab[2]), int(stab[3])),
+                "unchanged_patch_share": _share(int(stab[3]), int(stab[1])),
+                "unchanged_patch_rule": f"max |pixel difference| <= {UNCHANGED_PATCH_THRESHOLD:g} in [-1, 1] over the "
+                                        f"{tokenizer.config.patch_size}x{tokenizer.config.patch_size} patch (identical uint8)",
+            }}
+
+
+def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: torch.device | str = "cpu",
+                  settings=None):
+    """(probe or None, info) for evaluate_lam: the supervised inverse-dynamics ceiling trained on the labelled
+    train split of `probe_data` (default `data`); None when `data` has no true actions to score against."""
+    from data_pipelines.storage import read_card
+    from genie.idm_probe import check_same_classes, probe_for
+
+    card = read_card(data)
+    if not card.get("has_actions"):
+        return None
+    probe_data = data if probe_data is None else probe_data
+    why = check_same_classes(probe_data, card)
+    if why:
+        return None, {"reason": why}
+    return probe_for(probe_data, settings, seed=seed, device=device, cache_dir=cache_dir)
 
 
 @torch.no_grad()
-def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None) -> dict:
+def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
+                 probe=None, state=None) -> dict:
+    """LAM figures on a fixed clip subset. `probe`: (model or None, info) from `genie.idm_probe.probe_for`:
+    the supervised inverse-dynamics ceiling, scored on the same transitions and merged classes."""
     from genie.nn import codebook_usage
 
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
-    codes, true, p_inf, p_rand = [], [], [], []
-    g = torch.Generator().manual_seed(seed)
-    for b in _batches(ds, batch):
+    codes, true, p_inf, p_rand, ceiling = [], [], [], [], []
+    probe_net, probe_info = probe if probe is not None else (None, None)
+    device = _device_of(lam)
+    if probe_net is not None:
+        probe_net = probe_net.to(device)
+    for b in _batches(ds, batch, device, state):
         video = b["video"]
         out = lam(video)
-        rand = torch.randint(0, lam.num_actions, out.actions.shape, generator=g)
-        p_inf.append(psnr(out.pred, video[:, 1:]).flatten())
-        p_rand.append(psnr(lam.decode_with_actions(video[:, :-1], rand), video[:, 1:]).flatten())
-        codes.append(out.actions.flatten())
+        g = _batch_generator(device, seed, b["index"])
+        rand = torch.randint(0, lam.num_actions, out.actions.shape, generator=g, device=device)
+        p_inf.append(psnr(out.pred, video[:, 1:]).flatten().cpu())
+        p_rand.append(psnr(lam.decode_with_actions(video[:, :-1], rand), video[:, 1:]).flatten().cpu())
+        codes.append(out.actions.flatten().cpu())
         if "actions" in b:
             true.append(b["actions"].flatten())
+            if probe_net is not None:
+                ceiling.append(probe_net.predict_clip(video).flatten().cpu())
         if progress:
             progress(len(video))
+    codes, true, p_inf, p_rand, ceiling = _gather(state, codes, true, p_inf, p_rand, ceiling)
     codes_np = torch.cat(codes).numpy()
     u = codebook_usage(torch.cat(codes), lam.num_actions)
     res = {"clips": len(ds), "transitions": int(len(codes_np)), "code_usage": float(u.usage),
@@ -126,42 +217,58 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
     res.update(nmi=normalized_mutual_info(codes_np, labels), nmi_shuffled=normalized_mutual_info(codes_np, shuffled),
                probe_accuracy=linear_probe_accuracy(codes_np, labels, lam.num_actions, seed),
                probe_accuracy_shuffled=linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed))
+    if probe_net is not None:
+        pred = torch.cat(ceiling).numpy()
+        nmi = normalized_mutual_info(pred, labels)
+        res["supervised_ceiling"] = {
+            "nmi": nmi, "nmi_shuffled": normalized_mutual_info(pred, shuffled),
+            "accuracy": float((pred == labels).mean()),
+            "majority_accuracy": float(np.bincount(labels).max() / len(labels)),
+            "lam_nmi_fraction": res["nmi"] / nmi if nmi > 0 else None,
+            "probe": probe_info}
+    elif probe is not None:
+        res["supervised_ceiling"] = f"not computed: {probe_info['reason']}"
     return res
 
 
 @torch.no_grad()
 def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
-                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None, i3d=None) -> dict:
+                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None, i3d=None,
+                         state=None) -> dict:
     """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip.
 
     With an `i3d` network (genie.fvd), also the FVD of the rollouts (prompt + generated frames) and of the
     copy-last-frame clips against the true clips."""
     from genie.sampling import decode_tokens, rollout_tokens
 
+    if horizon < 1:
+        raise GenieInputError(f"--horizon must be >= 1, got {horizon}")
+    delta_t = min(delta_t, horizon)  # ΔtPSNR at t = 4 (Genie §3), or at the last step of a shorter rollout
     ds = ClipDataset(data, split, clip_len=horizon + 1, num_clips=num_clips, seed=seed)
     if horizon + 1 > wm.lam.config.num_frames:
         raise GenieInputError(f"horizon {horizon} needs LAM clips of {horizon + 1} frames (LAM num_frames {wm.lam.config.num_frames})")
-    g = torch.Generator().manual_seed(seed)
+    device = wm.device
 
-    def rollout(prompt, actions):  # prompt tokens (n, 1, h, w), actions (n, T) -> video (n, 1 + T, c, H, W)
+    def rollout(prompt, actions, g):  # prompt tokens (n, 1, h, w), actions (n, T) -> video (n, 1 + T, c, H, W)
         tokens = rollout_tokens(wm.dynamics, prompt, actions, steps=steps, temperature=temperature, generator=g)
         return decode_tokens(wm.tokenizer, tokens)
 
     ps, ss, base, delta = [], [], [], []
     feats = {"real": [], "generated": [], "copy_last": []}
-    for b in _batches(ds, batch):
+    for b in _batches(ds, batch, device, state):
         video = b["video"]
         n = video.shape[0]
+        g = _batch_generator(device, seed, b["index"])
         acts = wm.lam.infer_actions(video)  # (n, horizon)
         prompt = wm.tokenizer.encode(video[:, :1])
-        gen = rollout(prompt, acts)[:, 1:]
+        gen = rollout(prompt, acts, g)[:, 1:]
         target = video[:, 1:]
-        ps.append(psnr(gen, target))  # (n, horizon)
-        ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon))
-        base.append(psnr(video[:, :1].expand_as(target), target))
-        rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g)
-        gen_r = rollout(prompt, rand)[:, -1]
-        delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]))
+        ps.append(psnr(gen, target).cpu())  # (n, horizon)
+        ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon).cpu())
+        base.append(psnr(video[:, :1].expand_as(target), target).cpu())
+        rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
+        gen_r = rollout(prompt, rand, g)[:, -1]
+        delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())
         if i3d is not None:
             from genie.fvd import i3d_features
 
@@ -170,6 +277,9 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
             feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
         if progress:
             progress(n)
+    ps, ss, base, delta = _gather(state, ps, ss, base, delta)
+    if i3d is not None:
+        feats = dict(zip(feats, _gather(state, *feats.values())))
     ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
     fvd = None
     if i3d is not None:
@@ -190,14 +300,19 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
 
 def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_clips: int = 128, seed: int = 0,
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
-             progress: bool = True, i3d: str | Path | None = None) -> dict:
+             progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
+             probe_data: str | Path | None = None, probe_cache: str | Path | None = None) -> dict:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
-    `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed."""
+    `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed.
+    `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
+    `probe_data`: the dataset whose labelled train split trains the supervised ceiling probe scored beside the
+    LAM (default `data`); `probe_cache`: where trained probes are cached (default `<probe_data>/.genie-cache`)."""
     import json
 
     from genie.export import load_export
 
+    dev = resolve_device(device)
     p = Path(model_dir)
     if not p.is_dir():
         raise GenieInputError(f"{p}: no such model folder")
@@ -219,23 +334,31 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
         from genie.fvd import load_i3d
 
         i3d_net = load_i3d(i3d)
+    state, dev = process_state(dev)  # under torchrun: this process's share of the clips, gathered at the end
+    stages = {s: to_device(m, dev, f"{p} ({s})") for s, m in stages.items()}
+    if i3d_net is not None:
+        i3d_net = to_device(i3d_net, dev, str(i3d))
     bar = None
-    if progress:
+    if progress and (state is None or state.is_main_process):
         from tqdm.auto import tqdm
 
         bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True)
     tick = bar.update if bar is not None else None
-    out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed, "stages": sorted(stages)}
+    out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed,
+           "device": str(dev), "processes": state.num_processes if state is not None else 1, "stages": sorted(stages)}
     if "tokenizer" in stages:
-        out["tokenizer"] = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick)
+        out["tokenizer"] = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick, state=state)
     if "lam" in stages:
-        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick)
+        with state.main_process_first() if state is not None else nullcontext():  # one process trains the probe
+            probe = ceiling_probe(data, probe_data, probe_cache, seed, dev)
+        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state)
     if len(stages) == 3:
         from genie.world_model import WorldModel
 
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
         out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
-                                                  steps=steps, temperature=temperature, progress=tick, i3d=i3d_net)
+                                                  steps=steps, temperature=temperature, progress=tick, i3d=i3d_net,
+                                                  state=state)
     elif "dynamics" in stages:
         out["world_model"] = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
     if isinstance(out.get("world_model"), dict) and "fvd" in out["world_model"]:
@@ -246,6 +369,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
         out["fvd"] = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
     if bar is not None:
         bar.close()
+    out["main_process"] = state is None or state.is_main_process
     return out
 
 
@@ -256,6 +380,14 @@ def markdown_table(res: dict) -> str:
     if isinstance(t, dict):
         rows += [f"| tokenizer | reconstruction PSNR | {t['psnr_db']:.2f} dB |", f"| tokenizer | SSIM | {t['ssim']:.4f} |",
                  f"| tokenizer | codebook usage | {t['codebook_usage']:.1%} (perplexity {t['codebook_perplexity']:.1f}) |"]
+        st = t.get("token_stability")
+        if st:
+            def pct(x):
+                return "n/a" if x is None else f"{x:.1%}"
+
+            rows.append(f"| tokenizer | identical tokens between consecutive frames: all / unchanged patches | "
+                        f"{pct(st['identical_share'])} / {pct(st['identical_share_unchanged_patches'])} "
+                        f"({pct(st['unchanged_patch_share'])} of patches unchanged) |")
     lam = res.get("lam")
     if isinstance(lam, dict):
         rows.append(f"| LAM | codes used | {lam['codes_used']} of {lam['num_actions']} (perplexity {lam['code_perplexity']:.2f}) |")
@@ -264,6 +396,14 @@ def markdown_table(res: dict) -> str:
         if "nmi" in lam:
             rows.append(f"| LAM | NMI vs true actions (shuffled) | {lam['nmi']:.3f} ({lam['nmi_shuffled']:.3f}) |")
             rows.append(f"| LAM | linear-probe accuracy (shuffled) | {lam['probe_accuracy']:.3f} ({lam['probe_accuracy_shuffled']:.3f}) |")
+        c = lam.get("supervised_ceiling")
+        if isinstance(c, dict):
+            frac = "n/a" if c["lam_nmi_fraction"] is None else f"{c['lam_nmi_fraction']:.1%}"
+            rows.append(f"| LAM | supervised inverse-dynamics ceiling: NMI (shuffled) / accuracy (majority) | "
+                        f"{c['nmi']:.3f} ({c['nmi_shuffled']:.3f}) / {c['accuracy']:.3f} ({c['majority_accuracy']:.3f}) |")
+            rows.append(f"| LAM | LAM NMI as a share of the ceiling's | {frac} |")
+        elif c:
+            rows.append(f"| LAM | supervised inverse-dynamics ceiling | {c} |")
     w = res.get("world_model")
     if isinstance(w, dict):
         rows.append("| world model | rollout PSNR per step | " + ", ".join(f"{x:.2f}" for x in w["rollout_psnr_db"]) + " |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,20 @@ def test_tokenize_under_torchrun_matches_one_process(world, tmp_path):  # noqa: 
             assert a.episode_id(e) == b.episode_id(e)
             assert np.array_equal(a.episode_frames(e), b.episode_frames(e))
             assert np.array_equal(a.episode_actions(e), b.episode_actions(e))
+
+
+def test_evaluate_under_torchrun_gives_the_totals_of_one_process(world, tmp_path):  # noqa: F811
+    data = tmp_path / "video"
+    with DatasetWriter(data, chunk_len=8, card={"merged_action": [0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4]}) as w:
+        for e in range(3):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    args = ["evaluate", "--model", world / "world", "--data", data, "--device", "cpu", "--quiet", "--num-clips", "10",
+            "--steps", "2", "--horizon", "3", "--seed", "1"]
+    one = run_genie(*args, "--out", tmp_path / "one.json", timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*args, "--out", tmp_path / "two.json")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (a.pop("processes"), b.pop("processes")) == (1, 2)
+    assert a == b  # 10 clips in batches of 8/8/4 shared 2:1 or 1:2 between the processes, same figures
