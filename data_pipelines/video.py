@@ -1,4 +1,4 @@
-"""Reading video files: decord first (random access), PyAV as the fallback; square crop + resize.
+"""Reading video files: decord first (random access), PyAV as the fallback; fitting to a size (pad, crop, stretch).
 
 Frames are returned as uint8 (n, H, W, 3) RGB. Resizing is done here (torch, antialiased bilinear) and
 not by the decoder, so decord and PyAV give identical frames after resizing too.
@@ -95,24 +95,80 @@ def decode_video(path: str | os.PathLike, backend: str = "auto") -> np.ndarray:
     raise VideoDecodeError("; ".join(errors))
 
 
-def resize_frames(frames: np.ndarray, resolution: int) -> np.ndarray:
-    """Centre-crop to a square, then resize to resolution×resolution (antialiased bilinear), uint8."""
+FITS = ("pad", "crop", "stretch")
+
+
+def target_hw(resolution: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) of a target size: an int is a square side, a pair is (height, width)."""
+    if isinstance(resolution, (int, np.integer)):
+        return int(resolution), int(resolution)
+    h, w = resolution
+    return int(h), int(w)
+
+
+def fit_plan(src_hw: tuple[int, int], resolution: int | tuple[int, int], fit: str) -> dict:
+    """How frames of size src_hw = (h, w) become resolution = (H, W) under `fit`:
+
+    - "pad": scale the whole frame to fit inside H×W (aspect kept) and letterbox it with black bars;
+      `pad_rows` / `pad_cols` = (before, after) in target pixels. Nothing of the frame is dropped.
+    - "crop": cut the centre of the frame to the target aspect, then scale; `crop_rows` / `crop_cols`
+      = (before, after) in source pixels are what is dropped.
+    - "stretch": scale each axis on its own (aspect changes), nothing dropped or added.
+    `scaled` is the (height, width) the kept content is resized to."""
+    if fit not in FITS:
+        raise GenieInputError(f"unknown fit {fit!r}; choose from {', '.join(FITS)}")
+    (h, w), (H, W) = src_hw, target_hw(resolution)
+    plan = {"fit": fit, "source": [h, w], "target": [H, W], "crop_rows": [0, 0], "crop_cols": [0, 0],
+            "pad_rows": [0, 0], "pad_cols": [0, 0], "scaled": [H, W]}
+    if fit == "crop":
+        if w * H > W * h:  # source wider than the target: drop columns
+            keep = max(1, round(h * W / H))
+            plan["crop_cols"] = [(w - keep) // 2, w - keep - (w - keep) // 2]
+        elif w * H < W * h:  # source taller: drop rows
+            keep = max(1, round(w * H / W))
+            plan["crop_rows"] = [(h - keep) // 2, h - keep - (h - keep) // 2]
+    elif fit == "pad":
+        if w * H > W * h:  # wider: full width, bars above and below
+            sh = max(1, min(H, round(h * W / w)))
+            plan["scaled"] = [sh, W]
+            plan["pad_rows"] = [(H - sh) // 2, H - sh - (H - sh) // 2]
+        elif w * H < W * h:  # taller: full height, bars left and right
+            sw = max(1, min(W, round(w * H / h)))
+            plan["scaled"] = [H, sw]
+            plan["pad_cols"] = [(W - sw) // 2, W - sw - (W - sw) // 2]
+    return plan
+
+
+def _resize(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 (n, h, w, c) -> (n, H, W, c), antialiased bilinear in bounded memory."""
     import torch
     import torch.nn.functional as F
 
-    n, h, w, c = frames.shape
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    frames = frames[:, top:top + s, left:left + s]
-    if s == resolution:
+    if tuple(frames.shape[1:3]) == tuple(hw):
         return np.ascontiguousarray(frames)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     out = []
-    for i in range(0, n, 256):  # bounded memory for long videos
-        y = F.interpolate(x[i:i + 256], size=(resolution, resolution), mode="bilinear", antialias=True,
-                          align_corners=False)
+    for i in range(0, len(frames), 256):  # bounded memory for long videos
+        y = F.interpolate(x[i:i + 256], size=tuple(hw), mode="bilinear", antialias=True, align_corners=False)
         out.append(y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
+
+
+def resize_frames(frames: np.ndarray, resolution: int | tuple[int, int], fit: str = "crop") -> np.ndarray:
+    """uint8 (n, h, w, c) -> (n, H, W, c) for resolution = H (square) or (H, W), under `fit` (see
+    `fit_plan`; "crop" by default: the centre at the target aspect). Antialiased bilinear."""
+    n, h, w, c = frames.shape
+    plan = fit_plan((h, w), resolution, fit)
+    (ct, cb), (cl, cr) = plan["crop_rows"], plan["crop_cols"]
+    frames = frames[:, ct:h - cb, cl:w - cr]
+    scaled = _resize(frames, plan["scaled"])
+    if fit != "pad" or plan["scaled"] == plan["target"]:
+        return scaled
+    H, W = plan["target"]
+    (pt, _), (pl, _) = plan["pad_rows"], plan["pad_cols"]
+    out = np.zeros((n, H, W, c), np.uint8)
+    out[:, pt:pt + scaled.shape[1], pl:pl + scaled.shape[2]] = scaled
+    return out
 
 
 def split_of_file(relpath: str, val_fraction: float, test_fraction: float) -> str:
@@ -125,9 +181,15 @@ def split_of_file(relpath: str, val_fraction: float, test_fraction: float) -> st
     return "train"
 
 
-def read_video_resized(path: str | os.PathLike, resolution: int, backend: str = "auto",
-                       window: int = 256) -> np.ndarray:
+def read_video_resized(path: str | os.PathLike, resolution: int | tuple[int, int], backend: str = "auto",
+                       window: int = 256, fit: str = "crop") -> np.ndarray:
     """Decode and resize one file window by window (bounded memory at the source resolution)."""
+    return read_video_fitted(path, resolution, fit=fit, backend=backend, window=window)[0]
+
+
+def read_video_fitted(path: str | os.PathLike, resolution: int | tuple[int, int], fit: str = "pad",
+                      backend: str = "auto", window: int = 256) -> tuple[np.ndarray, tuple[int, int]]:
+    """(frames resized under `fit`, source (h, w)) of one file, decoded window by window."""
     path = _check_file(path)
     if backend in ("auto", "decord"):
         try:
@@ -137,17 +199,25 @@ def read_video_resized(path: str | os.PathLike, resolution: int, backend: str = 
             n = len(vr)
             if n == 0:
                 raise VideoDecodeError("zero frames")
-            parts = [resize_frames(vr.get_batch(list(range(i, min(n, i + window)))).asnumpy(), resolution)
-                     for i in range(0, n, window)]
-            return np.concatenate(parts)
+            parts, src = [], None
+            for i in range(0, n, window):
+                raw = vr.get_batch(list(range(i, min(n, i + window)))).asnumpy()
+                src = src or tuple(int(x) for x in raw.shape[1:3])
+                parts.append(resize_frames(raw, resolution, fit))
+            return np.concatenate(parts), src
         except Exception as e:
+            if isinstance(e, GenieInputError):
+                raise
             if backend == "decord":
                 raise VideoDecodeError(f"decord: {str(e).strip()[:160] or type(e).__name__}") from None
             first_error = f"decord: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}"
     else:
         first_error = None
     try:
-        return resize_frames(_decode_pyav(path), resolution)
+        raw = _decode_pyav(path)
+        return resize_frames(raw, resolution, fit), tuple(int(x) for x in raw.shape[1:3])
+    except GenieInputError:
+        raise
     except Exception as e:
         msg = f"pyav: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}"
         raise VideoDecodeError(f"{first_error}; {msg}" if first_error else msg) from None

@@ -77,8 +77,8 @@ def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, dev
         _sync(device)
         return (time.perf_counter() - t) / repeats
 
-    c, size, w = tok.config.channels, tok.config.image_size, tok.config.num_frames
-    video = torch.zeros(b, w, c, size, size, device=device)
+    c, w = tok.config.channels, tok.config.num_frames
+    video = torch.zeros(b, w, c, *tok.config.frame_size, device=device)
     with torch.no_grad(), autocast:
         tok_s = timed(lambda: (tok.encode(video), lam.infer_actions(video[:, :lam.config.num_frames])))
     dyn = DynamicsModel(dcfg).to(device)

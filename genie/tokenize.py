@@ -22,6 +22,7 @@ from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, r
 from genie.device import resolve_device, to_device
 from genie.distributed import process_state
 from genie.export import load_export
+from genie.nn.config import format_hw
 
 
 @torch.no_grad()
@@ -40,15 +41,17 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     dev = resolve_device(device)
     model = to_device(load_export(tokenizer_dir, "tokenizer"), dev, f"{tokenizer_dir} (tokenizer)")
     lam = to_device(load_export(lam_dir, "lam"), dev, f"{lam_dir} (LAM)") if lam_dir is not None else None
-    if lam is not None and (lam.config.image_size, lam.config.channels) != (model.config.image_size, model.config.channels):
-        raise GenieInputError(f"{lam_dir}: LAM resolution {lam.config.image_size} does not match the tokenizer's {model.config.image_size}")
+    if lam is not None and (lam.config.frame_size, lam.config.channels) != (model.config.frame_size, model.config.channels):
+        raise GenieInputError(f"{lam_dir}: LAM frames {format_hw(lam.config.image_size)} (width×height) do not match "
+                              f"the tokenizer's {format_hw(model.config.image_size)}")
     cfg = model.config
     card = read_card(data)
     if card.get("dtype", "uint8") != "uint8":
         raise GenieInputError(f"{data}: already a token dataset")
-    if (card["height"], card["width"], card["channels"]) != (cfg.image_size, cfg.image_size, cfg.channels):
-        raise GenieInputError(f"{data}: frames are {card['height']}×{card['width']}×{card['channels']} but the tokenizer "
-                              f"expects {cfg.image_size}×{cfg.image_size}×{cfg.channels}")
+    if (card["height"], card["width"], card["channels"]) != (*cfg.frame_size, cfg.channels):
+        raise GenieInputError(f"{data}: frames are {card['width']}×{card['height']}×{card['channels']} "
+                              f"(width×height×channels) but the tokenizer expects "
+                              f"{format_hw(cfg.image_size)}×{cfg.channels}")
     if cfg.codebook_size > 65536:
         raise GenieInputError(f"{tokenizer_dir}: codebook of {cfg.codebook_size} does not fit uint16")
     window = cfg.num_frames
@@ -63,7 +66,7 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
         new_card.pop("merged_action", None)
     if max_episodes is not None:
         new_card["max_episodes_per_split"] = max_episodes
-    new_card.update(tokenizer={"path": str(tokenizer_dir), "codebook_size": cfg.codebook_size, "grid": cfg.grid_size,
+    new_card.update(tokenizer={"path": str(tokenizer_dir), "codebook_size": cfg.codebook_size, "grid": cfg.grid[0] if cfg.grid[0] == cfg.grid[1] else list(cfg.grid),
                                "window": window}, source_dataset=str(data), vocab_size=cfg.codebook_size)
     bar = None
     if progress:
@@ -83,7 +86,7 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
         table, eid_col = tables[split]
         frames = ds.episode_frames(e)
         n = len(frames)
-        ids = np.empty((n, cfg.grid_size, cfg.grid_size), np.uint16)
+        ids = np.empty((n, *cfg.grid), np.uint16)
         starts = list(range(0, n, window))
         for i in range(0, len(starts), batch_size):
             group = starts[i:i + batch_size]

@@ -61,11 +61,13 @@ class GenieModule(L.LightningModule):
         ds = dm.train_set
         shape = getattr(ds, "frame_shape", None)
         if shape is None and dm.source == "videos":
-            shape = (dm.hparams.resolution, dm.hparams.resolution, 3)
-        size = getattr(cfg, "image_size", None)
-        if shape is not None and size is not None and (shape[0] != size or shape[1] != size or shape[2] != cfg.channels):
-            raise GenieInputError(f"{dm.hparams.data}: frames are {shape[0]}×{shape[1]}×{shape[2]} but the "
-                                  f"{self.stage} config expects {size}×{size}×{cfg.channels} (image_size/channels)")
+            res = dm.hparams.resolution
+            shape = (*((res, res) if isinstance(res, int) else tuple(res)), 3)
+        size = getattr(cfg, "frame_size", None)  # (H, W)
+        if shape is not None and size is not None and (tuple(shape[:2]) != tuple(size) or shape[2] != cfg.channels):
+            raise GenieInputError(f"{dm.hparams.data}: frames are {shape[0]}×{shape[1]}×{shape[2]} (height×width×channels) "
+                                  f"but the {self.stage} config expects {size[0]}×{size[1]}×{cfg.channels} "
+                                  f"(image_size {cfg.image_size}/channels)")
 
     def export(self, out: str | os.PathLike) -> Path:
         from genie.export import save_export

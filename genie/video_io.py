@@ -16,11 +16,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OUTPUT_EXTENSIONS = (".mp4", ".gif")
 
 
-def read_prompt(path: str | os.PathLike, resolution: int, max_frames: int) -> np.ndarray:
+def read_prompt(path: str | os.PathLike, resolution: int | tuple[int, int], max_frames: int,
+                fit: str = "pad") -> np.ndarray:
     """Prompt frames uint8 (t, H, W, 3): an image (t=1) or the last `max_frames` frames of a video.
 
-    A prompt of another size is centre-cropped and resized to `resolution`, with a note on stderr."""
-    from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames
+    `resolution` is the model's image_size: H for square frames or (H, W). A prompt of another size is
+    fitted to it as `genie data import --fit` does (default pad: the whole frame, letterboxed to the
+    model's aspect), with a note on stderr."""
+    from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames, target_hw
 
     p = Path(path)
     if not p.is_file():
@@ -43,10 +46,12 @@ def read_prompt(path: str | os.PathLike, resolution: int, max_frames: int) -> np
         raise GenieInputError(f"{p}: unknown prompt type {ext or '(none)'}; use an image "
                               f"({', '.join(IMAGE_EXTENSIONS)}) or a video ({', '.join(VIDEO_EXTENSIONS)})")
     h, w = frames.shape[1:3]
-    if (h, w) != (resolution, resolution):
-        print(f"genie: note: prompt {p} is {w}×{h}; centre-cropped and resized to {resolution}×{resolution}",
-              file=sys.stderr)
-        frames = resize_frames(frames, resolution)
+    H, W = target_hw(resolution)
+    if (h, w) != (H, W):
+        done = {"pad": "padded to the model's aspect", "crop": "centre-cropped to the model's aspect",
+                "stretch": "stretched"}.get(fit, fit)
+        print(f"genie: note: prompt {p} is {w}×{h} (width×height); {done} and resized to {W}×{H}", file=sys.stderr)
+        frames = resize_frames(frames, (H, W), fit)
     return frames
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from data_pipelines.errors import GenieInputError
+from genie.nn.config import format_hw
 from genie.device import generator_for
 from genie.export import load_export
 from genie.sampling import decode_tokens, rollout_tokens
@@ -35,12 +36,13 @@ def check_compatible(tokenizer, lam, dynamics) -> None:
     problems = []
     if d.vocab_size != t.codebook_size:
         problems.append(f"dynamics vocab_size {d.vocab_size} != tokenizer codebook_size {t.codebook_size}")
-    if tuple(d.grid) != (t.grid_size, t.grid_size):
-        problems.append(f"dynamics grid {tuple(d.grid)} != tokenizer grid ({t.grid_size}, {t.grid_size})")
+    if tuple(d.grid) != t.grid:
+        problems.append(f"dynamics grid {tuple(d.grid)} != tokenizer grid {t.grid}")
     if d.num_actions != l.num_actions:
         problems.append(f"dynamics num_actions {d.num_actions} != LAM num_actions {l.num_actions}")
-    if (l.image_size, l.channels) != (t.image_size, t.channels):
-        problems.append(f"LAM frames {l.image_size}px×{l.channels} != tokenizer frames {t.image_size}px×{t.channels}")
+    if (l.frame_size, l.channels) != (t.frame_size, t.channels):
+        problems.append(f"LAM frames {format_hw(l.image_size)}px×{l.channels} != tokenizer frames "
+                        f"{format_hw(t.image_size)}px×{t.channels} (width×height×channels)")
     if problems:
         raise GenieInputError("the three stages do not fit together: " + "; ".join(problems))
 
@@ -113,8 +115,14 @@ class WorldModel(nn.Module):
         return next(self.dynamics.parameters()).device
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int | tuple[int, int]:
+        """The tokenizer's `image_size`: an int for square frames, else (height, width)."""
         return self.tokenizer.config.image_size
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the frames the model reads and writes."""
+        return self.tokenizer.config.frame_size
 
     def _check_actions(self, actions: Tensor) -> None:
         if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):

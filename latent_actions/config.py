@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import StageConfig
+from genie.nn.config import StageConfig, check_image_size, frame_hw
 
 
 @dataclass
@@ -32,7 +32,7 @@ class LatentActionConfig(StageConfig):
 
     PRESET_KIND = "latent action"
 
-    image_size: int = 64
+    image_size: int | tuple[int, int] = 64  # square side, or (height, width)
     channels: int = 3
     patch_size: int = 16
     width: int = 512
@@ -53,7 +53,6 @@ class LatentActionConfig(StageConfig):
 
     def __post_init__(self) -> None:
         positive_ints = (
-            "image_size",
             "channels",
             "patch_size",
             "width",
@@ -69,10 +68,7 @@ class LatentActionConfig(StageConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
-            )
+        self.image_size = check_image_size(self.image_size, self.patch_size)
         if self.width % self.num_heads != 0:
             raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
         if self.num_actions < 2:
@@ -96,14 +92,29 @@ class LatentActionConfig(StageConfig):
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of a frame in pixels."""
+        return frame_hw(self.image_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) = (H / patch_size, W / patch_size), the patches of a frame."""
+        H, W = self.frame_size
+        return H // self.patch_size, W // self.patch_size
+
+    @property
     def grid_size(self) -> int:
-        """Patches per side of a frame, h = w = image_size / patch_size."""
-        return self.image_size // self.patch_size
+        """Patches per side of a square frame (h = w); use `grid` for frames of any shape."""
+        h, w = self.grid
+        if h != w:
+            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
+        return h
 
     @property
     def tokens_per_frame(self) -> int:
         """n = h * w."""
-        return self.grid_size**2
+        h, w = self.grid
+        return h * w
 
 
 PRESETS: dict[str, dict[str, Any]] = {

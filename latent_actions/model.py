@@ -126,7 +126,7 @@ class LatentActionModel(nn.Module):
 
     def _check_video(self, video: Tensor, min_frames: int, max_frames: int, name: str) -> None:
         cfg = self.config
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        expected = (cfg.channels, *cfg.frame_size)
         if video.ndim != 5 or tuple(video.shape[2:]) != expected:
             raise ValueError(
                 f"{name} must be (b, t, c, H, W) with (c, H, W) = {expected}, got {tuple(video.shape)}"
@@ -181,7 +181,7 @@ class LatentActionModel(nn.Module):
 
     def _decode(self, context: Tensor, action_emb: Tensor) -> Tensor:
         """context (b, t, c, H, W) frames x_1..x_t, action_emb (b, t, d) -> x_2..x_{t+1} (b, t, c, H, W)."""
-        g, p = self.config.grid_size, self.config.patch_size
+        (h, _), p = self.config.grid, self.config.patch_size
         patches = self._patchify(context)  # (b, t, n, p*p*c)
         if self.config.decoder_motion:
             # The scene's own motion (camera scroll following the agent's momentum, walking
@@ -212,7 +212,7 @@ class LatentActionModel(nn.Module):
         x = x + action_emb[:, :, None, :].to(x.dtype)  # (b, t, n, d)
         x = self.decoder(x)
         return rearrange(
-            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=g, p1=p, p2=p
+            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p
         )
 
     def forward(self, video: Tensor) -> LAMOutput:

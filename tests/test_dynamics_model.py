@@ -203,3 +203,17 @@ def test_overfit_two_clips_then_maskgit_rollout_reproduces_them(mode):
     # Same prompt, the other clip's actions: the other clip's frames.
     swapped_accuracy = (swapped[:, 1:] == clips.flip(0)[:, 1:]).float().mean().item()
     assert swapped_accuracy >= 0.95, f"rollout token accuracy with swapped actions {swapped_accuracy:.3f}"
+
+
+def test_forward_on_a_non_square_grid():
+    model = make_model(grid=(6, 8))  # 48×64 frames through the debug tokenizer's patch 8
+    tokens = torch.randint(0, 32, (2, 3, 6, 8))
+    actions = torch.randint(0, 8, (2, 2))
+    logits = model(tokens, actions)
+    assert logits.shape == (2, 3, 6, 8, model.config.vocab_size)
+    # causal in time on the h×w grid too: changing the last frame leaves earlier outputs alone
+    other = tokens.clone()
+    other[:, -1] = (other[:, -1] + 1) % 32
+    assert torch.allclose(model(other, actions)[:, :-1], logits[:, :-1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(6, 8\)"):
+        model(torch.randint(0, 32, (2, 3, 8, 6)), actions)

@@ -305,3 +305,18 @@ def test_latent_actions_align_with_true_actions(trained_on_sprites):
     assert accuracy > 0.45
     assert nmi > 0.25
     assert shifted_nmi < min(0.1, nmi / 3)
+
+
+def test_non_square_frames_infer_and_decode():
+    model = make_lam(image_size=(48, 64)).eval()  # H=48, W=64 → a 3×4 patch grid of 16 px
+    assert model.config.grid == (3, 4) and model.config.tokens_per_frame == 12
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 4, 3, 48, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        actions = model.infer_actions(video)
+        pred = model.decode_with_actions(video[:, :-1], actions)
+        out = model(video)
+    assert actions.shape == (2, 3) and pred.shape == (2, 3, 3, 48, 64)
+    assert torch.allclose(pred, out.pred, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(3, 48, 64\)"):
+        model.infer_actions(torch.rand(1, 4, 3, 64, 64))

@@ -155,3 +155,37 @@ def test_few_step_overfit_lowers_reconstruction_loss():
         optimizer.step()
         losses.append(mse.item())
     assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+
+
+def test_non_square_frames_round_trip_and_export(tmp_path):
+    from genie.export import load_export, save_export
+
+    model = make_tokenizer(image_size=(48, 64)).eval()  # H=48, W=64 → a 6×8 token grid
+    assert model.config.frame_size == (48, 64) and model.config.grid == (6, 8) and model.config.tokens_per_frame == 48
+    video = torch.rand(2, 3, 3, 48, 64) * 2 - 1
+    with torch.no_grad():
+        ids = model.encode(video)
+        recon = model.decode(ids)
+    assert ids.shape == (2, 3, 6, 8) and recon.shape == video.shape
+    assert torch.allclose(recon, model(video).recon, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(3, 48, 64\)"):
+        model.encode(torch.rand(1, 2, 3, 64, 48))  # transposed frames are refused, not silently reshaped
+    save_export(model, tmp_path / "tok", "tokenizer")
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["genie_config"]["image_size"] == [48, 64]
+    loaded = load_export(tmp_path / "tok", "tokenizer")
+    assert loaded.config == model.config and loaded.config.image_size == (48, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(video), ids) and torch.equal(loaded.decode(ids), recon)
+
+
+@pytest.mark.parametrize("size", [(48, 60), (48,), [0, 64], "64"])
+def test_bad_image_size_pairs_are_refused(size):
+    with pytest.raises(ValueError, match="image_size"):
+        TokenizerConfig.preset("debug", image_size=size)
+
+
+def test_square_int_configs_load_unchanged():
+    cfg = TokenizerConfig.from_dict(TokenizerConfig.preset("debug").to_dict())
+    assert cfg.image_size == 64 and cfg.grid == (8, 8) and cfg.grid_size == 8
+    with pytest.raises(ValueError, match="grid"):
+        TokenizerConfig.preset("debug", image_size=(48, 64)).grid_size

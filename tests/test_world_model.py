@@ -118,3 +118,38 @@ def test_genie_generate_bad_input_exit_2(world, tmp_path, case):
     assert {"bad_action": "vocabulary 0..7", "bad_prompt": "unreadable image", "bad_ext": "unknown output type",
             "not_numbers": "comma-separated", "no_model": "no such world-model folder"}[case] in line
     assert not (tmp_path / args[2]).exists()
+
+
+def test_generate_non_square_64x48(tmp_path):
+    """H=48, W=64 through all three stages: assemble, `genie generate` from a 160×210 (Atari-shaped) PNG."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 3, 48, 64) * 2 - 1
+    tok = VideoTokenizer(TokenizerConfig.preset("debug", image_size=(48, 64)))
+    lam = LatentActionModel(LatentActionConfig.preset("debug", image_size=[48, 64]))
+    tok(x), lam(x)
+    dyn = DynamicsModel(DynamicsConfig.preset("debug", grid=(6, 8)))
+    for stage, m in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
+        save_export(m.eval(), tmp_path / stage, stage)
+    with pytest.raises(GenieInputError, match=r"dynamics grid \(8, 8\) != tokenizer grid \(6, 8\)"):
+        save_export(DynamicsModel(DynamicsConfig.preset("debug")), tmp_path / "dyn88", "dynamics")
+        WorldModel.assemble(tmp_path / "tokenizer", tmp_path / "lam", tmp_path / "dyn88", tmp_path / "bad")
+    WorldModel.assemble(tmp_path / "tokenizer", tmp_path / "lam", tmp_path / "dynamics", tmp_path / "world")
+    wm = WorldModel.from_pretrained(tmp_path / "world")
+    assert wm.frame_size == (48, 64) and wm.image_size == (48, 64)
+    assert json.loads((tmp_path / "world" / "world_model.json").read_text())["image_size"] == [48, 64]
+    prompt = np.zeros((210, 160, 3), np.uint8)
+    prompt[:, :, 1] = 200  # a green frame, taller than wide: padded left and right to 64×48
+    Image.fromarray(prompt).save(tmp_path / "prompt.png")
+    p = run_genie("generate", "--model", tmp_path / "world", "--prompt", tmp_path / "prompt.png",
+                  "--actions", "0,3,1", "--out", tmp_path / "clip.mp4", "--seed", "0", "--steps", "2")
+    assert p.returncode == 0, p.stderr
+    assert "160×210 (width×height); padded to the model's aspect and resized to 64×48" in p.stderr
+    with av.open(str(tmp_path / "clip.mp4")) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert frames.shape == (4, 48, 64, 3)
+    # the LAM of a non-square model is refused beside a square tokenizer
+    save_export(LatentActionModel(LatentActionConfig.preset("debug")).eval(), tmp_path / "lam64", "lam")
+    with pytest.raises(GenieInputError, match="LAM frames 64×64px×3 != tokenizer frames 64×48px×3"):
+        WorldModel.assemble(tmp_path / "tokenizer", tmp_path / "lam64", tmp_path / "dynamics", tmp_path / "bad2")

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import StageConfig
+from genie.nn.config import StageConfig, check_image_size, frame_hw
 
 QUANTIZERS = ("vq", "fsq")
 
@@ -22,7 +22,7 @@ class TokenizerConfig(StageConfig):
 
     PRESET_KIND = "tokenizer"
 
-    image_size: int = 64
+    image_size: int | tuple[int, int] = 64  # square side, or (height, width)
     channels: int = 3
     patch_size: int = 4
     width: int = 512
@@ -44,7 +44,6 @@ class TokenizerConfig(StageConfig):
     def __post_init__(self) -> None:
         self.fsq_levels = tuple(int(level) for level in self.fsq_levels)
         positive_ints = (
-            "image_size",
             "channels",
             "patch_size",
             "width",
@@ -60,10 +59,7 @@ class TokenizerConfig(StageConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
-            )
+        self.image_size = check_image_size(self.image_size, self.patch_size)
         if self.width % self.num_heads != 0:
             raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
         if self.mlp_ratio <= 0:
@@ -90,14 +86,29 @@ class TokenizerConfig(StageConfig):
             )
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of a frame in pixels."""
+        return frame_hw(self.image_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) = (H / patch_size, W / patch_size), the tokens of a frame."""
+        H, W = self.frame_size
+        return H // self.patch_size, W // self.patch_size
+
+    @property
     def grid_size(self) -> int:
-        """Tokens per side of a frame, h = w = image_size / patch_size."""
-        return self.image_size // self.patch_size
+        """Tokens per side of a square frame (h = w); use `grid` for frames of any shape."""
+        h, w = self.grid
+        if h != w:
+            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
+        return h
 
     @property
     def tokens_per_frame(self) -> int:
         """n = h * w."""
-        return self.grid_size**2
+        h, w = self.grid
+        return h * w
 
 
 PRESETS: dict[str, dict[str, Any]] = {

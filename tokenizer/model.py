@@ -89,7 +89,7 @@ class VideoTokenizer(nn.Module):
 
     def _check_video(self, video: Tensor) -> None:
         cfg = self.config
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        expected = (cfg.channels, *cfg.frame_size)
         if video.ndim != 5 or tuple(video.shape[2:]) != expected:
             raise ValueError(
                 f"video must be (b, t, c, H, W) with (c, H, W) = {expected}, got {tuple(video.shape)}"
@@ -97,9 +97,9 @@ class VideoTokenizer(nn.Module):
         self._check_frames(video.shape[1])
 
     def _check_ids(self, ids: Tensor) -> None:
-        g = self.config.grid_size
-        if ids.ndim != 4 or tuple(ids.shape[2:]) != (g, g):
-            raise ValueError(f"token ids must be (b, t, h, w) with (h, w) = ({g}, {g}), got {tuple(ids.shape)}")
+        g = self.config.grid
+        if ids.ndim != 4 or tuple(ids.shape[2:]) != g:
+            raise ValueError(f"token ids must be (b, t, h, w) with (h, w) = {g}, got {tuple(ids.shape)}")
         if ids.is_floating_point():
             raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
         self._check_frames(ids.shape[1])
@@ -119,11 +119,11 @@ class VideoTokenizer(nn.Module):
     def _decode_tokens(
         self, quantized: Tensor, cache: KVCache | None = None, return_cache: bool = False
     ) -> Tensor | tuple[Tensor, KVCache]:
-        g, p = self.config.grid_size, self.config.patch_size
+        (h, _), p = self.config.grid, self.config.patch_size
         out = self.decoder(quantized, cache=cache, return_cache=return_cache)
         x, new_cache = out if return_cache else (out, None)
         pixels = rearrange(
-            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=g, p1=p, p2=p
+            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p
         )
         return (pixels, new_cache) if return_cache else pixels
 
@@ -132,14 +132,14 @@ class VideoTokenizer(nn.Module):
         self._check_video(video)
         q = self._encode(video)
         recon = self._decode_tokens(q.quantized)
-        indices = rearrange(q.indices, "b t (h w) -> b t h w", h=self.config.grid_size)
+        indices = rearrange(q.indices, "b t (h w) -> b t h w", h=self.config.grid[0])
         return TokenizerOutput(recon=recon, indices=indices, quant_loss=q.loss)
 
     def encode(self, video: Tensor) -> Tensor:
         """video (b, t, c, H, W) in [-1, 1] -> token ids (b, t, h, w) int64."""
         self._check_video(video)
         indices = self._encode(video).indices
-        return rearrange(indices, "b t (h w) -> b t h w", h=self.config.grid_size)
+        return rearrange(indices, "b t (h w) -> b t h w", h=self.config.grid[0])
 
     def decode(
         self, ids: Tensor, cache: KVCache | None = None, return_cache: bool = False

@@ -7,6 +7,33 @@ import sys
 from typing import Any
 
 
+def check_image_size(value: Any, patch_size: int) -> int | tuple[int, int]:
+    """`image_size` as a config holds it: an int (square frames, the default and every older export) or
+    a pair (height, width). A JSON list becomes a tuple; both sides must be divisible by `patch_size`."""
+    if isinstance(value, list):
+        value = tuple(value)
+    sides = value if isinstance(value, tuple) else (value,)
+    if (isinstance(value, tuple) and len(sides) != 2) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides):
+        raise ValueError(f"image_size must be a positive integer or a pair (height, width), got {value!r}")
+    if isinstance(patch_size, int) and patch_size >= 1 and any(s % patch_size for s in sides):
+        raise ValueError(f"image_size ({value}) must be divisible by patch_size ({patch_size})")
+    return value
+
+
+def frame_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) of an `image_size` that is an int (square) or a pair (height, width)."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def format_hw(image_size: int | tuple[int, int] | list[int]) -> str:
+    """'64×48' as people write video sizes: width × height."""
+    h, w = frame_hw(image_size)
+    return f"{w}×{h}"
+
+
 class StageConfig:
     """Mixin for the stage config dataclasses. Presets live in the config module's `PRESETS` dict;
     `PRESET_KIND` names the stage in error messages."""
