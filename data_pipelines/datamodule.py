@@ -19,9 +19,59 @@ from data_pipelines.errors import GenieInputError
 from data_pipelines.storage import CARD_NAME
 
 
+class ResumableSampler(DistributedSampler):
+    """The shuffled (or ordered) share of one rank, a pure function of (seed, epoch), that can start mid-epoch.
+
+    Lightning calls `set_epoch` at every epoch; `start_at(epoch, batches)` makes the next pass over
+    that epoch skip the batches a killed run had already trained on, so a resumed run sees exactly the
+    clips the unbroken run would have seen next. `__len__` stays the full epoch: Lightning counts the
+    skipped batches itself (its restored batch progress).
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self._skip_epoch, self._skip = -1, 0
+
+    def start_at(self, epoch: int, items: int) -> None:
+        self._skip_epoch, self._skip = epoch, items
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        if self.epoch == self._skip_epoch:
+            order, self._skip_epoch = order[self._skip:], -1
+        return iter(order)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader with `state_dict`/`load_state_dict`, so Lightning saves its position in every checkpoint.
+
+    The position is (epoch, batches of this epoch the trainer has consumed), read from the trainer's
+    own progress through `position` rather than counted here, because Lightning and the workers fetch
+    batches ahead of the step that uses them.
+    """
+
+    def __init__(self, *args, position=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict:
+        epoch, batches = self._position() if self._position else (self.sampler.epoch, 0)
+        return {"epoch": int(epoch), "batches": int(batches), "seed": int(self.sampler.seed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(self.sampler, ResumableSampler) or int(state.get("seed", -1)) != self.sampler.seed:
+            return  # another data order (a changed --data.seed): start the epoch afresh
+        per_epoch = len(self.batch_sampler)
+        batches = int(state["batches"]) % per_epoch if per_epoch else 0
+        epoch = int(state["epoch"]) + (int(state["batches"]) // per_epoch if per_epoch else 0)
+        self.sampler.set_epoch(epoch)
+        self.sampler.start_at(epoch, batches * self.batch_size)
+
+
 class VideoDataModule(L.LightningDataModule):
     def __init__(self, data: str, clip_len: int = 16, stride: int = 1, batch_size: int = 8, num_workers: int = 2,
-                 source: str = "auto", resolution: int = 64, val_clips: int = 256, train_split: str = "train",
+                 source: str = "auto", resolution: int | tuple[int, int] = 64, val_clips: int = 256, train_split: str = "train",
                  val_split: str = "val", seed: int = 0):
         """
         Args:
@@ -31,7 +81,8 @@ class VideoDataModule(L.LightningDataModule):
             batch_size: clips per batch and per device.
             num_workers: DataLoader worker processes.
             source: auto | arrow | parquet | videos (auto: arrow when DIR holds a genie dataset card).
-            resolution: frame size for `videos` (frames are centre-cropped and resized).
+            resolution: frame size for `videos`: N (square) or [height, width]; frames are fitted as
+                `genie data import --fit pad` does (letterboxed, nothing dropped).
             val_clips: fixed number of validation clips (seeded), so validation numbers are comparable.
             train_split / val_split: splits to read.
             seed: seeds the fixed validation subset and the streaming clip starts.
@@ -81,11 +132,21 @@ class VideoDataModule(L.LightningDataModule):
         if isinstance(ds, StreamingClipDataset):
             return DataLoader(ds, **kw)
         rank, world = self._world()
-        if world > 1:  # explicit, so the share is disjoint with or without a Trainer
-            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=h.seed, drop_last=train)
-            return DataLoader(ds, sampler=sampler, **kw)
+        # explicit, so the share is disjoint with or without a Trainer, and the order depends only on (seed, epoch)
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=h.seed, drop_last=train)
+        # the loader's own generator draws the workers' base seed, so iterating never touches the global RNG
+        # (a resumed run iterates once more than an unbroken one, and must not shift masks or dropout)
         gen = torch.Generator().manual_seed(h.seed)
-        return DataLoader(ds, shuffle=train, generator=gen if train else None, **kw)
+        if not train:
+            return DataLoader(ds, sampler=sampler, generator=gen, **kw)
+        return ResumableDataLoader(ds, sampler=sampler, generator=gen, position=self._train_position, **kw)
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, batches consumed in it) from the trainer's progress: where a resumed run must continue."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

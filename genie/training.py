@@ -9,9 +9,12 @@ and an export folder (config.json + model.safetensors) at the end of fitting.
 from __future__ import annotations
 
 import os
+import random
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -112,6 +115,73 @@ class ThroughputCallback(Callback):
             self._frames, self._t_last = 0, now
 
 
+def rng_states() -> dict:
+    """Every random stream training draws from: python `random`, numpy's global, torch CPU and CUDA."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # tensors and plain numbers only, so checkpoints stay loadable with `weights_only=True`
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                    int(has_gauss), float(gauss)),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeStateCallback(Callback):
+    """Makes `--ckpt_path last` continue the very run that was killed, not a similar one.
+
+    - Every checkpoint carries the RNG states of the moment it is written (ModelCheckpoint writes
+      in `on_train_batch_end`, before validation); a resumed run sets them back just before its
+      first training batch, after its own set-up has drawn whatever it draws.
+    - Validation (and the sanity check) leave the RNG states as they found them, so a run that
+      validated at step N and one resumed from step N draw the same masks, dropout and k-means
+      samples from step N+1 on.
+    - The loggers are flushed with every checkpoint, so the metrics up to it survive a kill.
+    The data position is saved by the train loader itself (a `state_dict`, see VideoDataModule).
+    """
+
+    def __init__(self):
+        self._to_restore = None
+        self._around_validation = None
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._to_restore = state_dict.get("rng")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if os.environ.get("GENIE_TEST_KILL_AT_STEP") == str(trainer.global_step):  # test hook: a power cut
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._to_restore is not None:
+            set_rng_states(self._to_restore)
+            self._to_restore = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._around_validation = rng_states()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._around_validation is not None:
+            set_rng_states(self._around_validation)
+            self._around_validation = None
+
+    on_sanity_check_start = on_validation_start
+    on_sanity_check_end = on_validation_end
+
+
 def export_checkpoint(stage: str, ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Export on demand from a Lightning checkpoint (weights only: no pickle is executed)."""
     import importlib
@@ -185,6 +255,11 @@ def _genie_cli_cls():
         and the export at the end of fitting.
         """
 
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--checkpoint_every", type=Optional[int], default=None,
+                                help="write checkpoints/last.ckpt every N training steps (default: every "
+                                     "trainer.val_check_interval steps); resume with --ckpt_path last")
+
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand].trainer
             root = cfg.default_root_dir or "runs/default"
@@ -196,7 +271,9 @@ def _genie_cli_cls():
                 ]
             callbacks = list(cfg.callbacks or [])
             names = {c["class_path"].rsplit(".", 1)[-1] if isinstance(c, dict) else type(c).__name__ for c in callbacks}
-            every = cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 500
+            # --checkpoint_every N: last.ckpt every N optimizer steps (default: every validation interval)
+            every = self.config[self.subcommand].get("checkpoint_every") or \
+                (cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 500)
             defaults = {
                 "ModelCheckpoint": {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                     "init_args": {"dirpath": f"{root}/checkpoints", "save_last": True,
@@ -204,6 +281,7 @@ def _genie_cli_cls():
                 "LearningRateMonitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                                         "init_args": {"logging_interval": "step"}},
                 "ThroughputCallback": {"class_path": "genie.training.ThroughputCallback"},
+                "ResumeStateCallback": {"class_path": "genie.training.ResumeStateCallback"},
                 "ExportCallback": {"class_path": "genie.training.ExportCallback"},
             }
             callbacks += [v for k, v in defaults.items() if k not in names]
