@@ -214,31 +214,30 @@ class VideoFolderClipDataset(Dataset):
     """
 
     def __init__(self, folder: str | os.PathLike, split: str = "train", clip_len: int = 16, stride: int = 1,
-                 resolution: int = 64, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                 num_clips: int | None = None, seed: int = 0):
-        from data_pipelines.video import list_videos, split_of_file
+                 resolution: int | tuple[int, int] = 64, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 num_clips: int | None = None, seed: int = 0, fit: str = "pad"):
+        from data_pipelines.video import assign_splits, list_videos
 
         _check_clip_args(clip_len, stride)
         self.folder, self.split, self.clip_len, self.stride, self.resolution = Path(folder), split, clip_len, stride, resolution
+        self.fit = fit
         files, _ = list_videos(folder)
-        keep = [f for f in files
-                if split_of_file(f.relative_to(self.folder).as_posix(), val_fraction, test_fraction) == split]
-        if not keep:
-            raise GenieInputError(f"{folder}: no video file falls in split {split!r} ({len(files)} files in all)")
         import decord
 
-        self.files, lengths = [], []
-        for f in keep:
+        readable = {}
+        for f in files:  # splits are assigned among the readable files, as `genie data import` does
             try:
                 n = len(decord.VideoReader(str(f), num_threads=1))
             except Exception as e:
                 print(f"genie: skipping {f}: {str(e).strip()[:120] or type(e).__name__}")
                 continue
             if n > 0:
-                self.files.append(f)
-                lengths.append(n)
+                readable[f] = n
+        splits = assign_splits([f.relative_to(self.folder).as_posix() for f in readable], val_fraction, test_fraction)
+        self.files = [f for f in readable if splits[f.relative_to(self.folder).as_posix()] == split]
+        lengths = [readable[f] for f in self.files]
         if not self.files:
-            raise GenieInputError(f"{folder}: no readable video in split {split!r}")
+            raise GenieInputError(f"{folder}: no readable video file falls in split {split!r} ({len(files)} files in all)")
         self.has_actions = False
         self.index = _EpisodeIndex(np.asarray(lengths), clip_len, stride, str(folder))
         self.subset = None if num_clips is None else self.index.fixed_subset(num_clips, seed)
@@ -269,7 +268,7 @@ class VideoFolderClipDataset(Dataset):
             i = int(self.subset[i])
         e, s = self.index.locate(int(i))
         idx = (s + np.arange(self.clip_len) * self.stride).tolist()
-        frames = resize_frames(self._reader(e).get_batch(idx).asnumpy(), self.resolution)
+        frames = resize_frames(self._reader(e).get_batch(idx).asnumpy(), self.resolution, self.fit)
         return {"video": frames_to_video(frames), "episode_id": e, "start": s}
 
 

@@ -171,14 +171,91 @@ def resize_frames(frames: np.ndarray, resolution: int | tuple[int, int], fit: st
     return out
 
 
+def _file_hash(relpath: str) -> float:
+    """A stable number in [0, 1) for a file's path relative to the import root."""
+    return int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "little") / 2**64
+
+
 def split_of_file(relpath: str, val_fraction: float, test_fraction: float) -> str:
-    """Deterministic split of a file by its path relative to the import root."""
-    h = int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "little") / 2**64
+    """The split a file's path hash picks on its own (see `assign_splits` for the guarantees)."""
+    h = _file_hash(relpath)
     if h < test_fraction:
         return "test"
     if h < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def assign_splits(relpaths: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Split files (never frames of one file) into train/val/test by their path hash, so a file keeps its
+    split when others are added. A small folder would often get no val or test file at all, so:
+    with a fraction > 0, at least one file goes to val when there are >= 2 files, and one to test when
+    there are >= 3; train keeps at least one. The files moved are the train files whose hash lies
+    nearest the split boundary (deterministic)."""
+    splits = {r: split_of_file(r, val_fraction, test_fraction) for r in relpaths}
+    by_hash = sorted(relpaths, key=_file_hash)
+    n = len(relpaths)
+
+    def members(split: str) -> list[str]:
+        return [r for r in by_hash if splits[r] == split]
+
+    if n and not members("train"):  # fractions summing near 1 on a few files
+        donor = max(("val", "test"), key=lambda d: len(members(d)))
+        splits[members(donor)[-1]] = "train"
+    # val before test: with 2 files the second one is for validation
+    for split, fraction, needed, donors in (("val", val_fraction, 2, ("train", "test")),
+                                            ("test", test_fraction, 3, ("train", "val"))):
+        if fraction <= 0 or n < needed or members(split):
+            continue
+        for donor in donors:
+            have = members(donor)
+            if len(have) > 1 or (donor == "test" and have and n < 3):
+                splits[have[0]] = split
+                break
+    return splits
+
+
+def probe_video(path: str | os.PathLike) -> int:
+    """Frame count from the file's header (decord, else PyAV), without decoding; VideoDecodeError when
+    neither can open it. Lets import assign splits among the files that can be read."""
+    path = _check_file(path)
+    errors = []
+    try:
+        import decord
+
+        n = len(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1))
+        if n > 0:
+            return n
+        errors.append("decord: zero frames")
+    except Exception as e:
+        errors.append(f"decord: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}")
+    try:
+        import av
+
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoDecodeError("no video stream")
+            return int(c.streams.video[0].frames or 1)
+    except Exception as e:
+        errors.append(f"pyav: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}")
+    raise VideoDecodeError("; ".join(errors))
+
+
+def parse_resolution(text: str | int | tuple[int, int]) -> tuple[int, int]:
+    """'64' -> (64, 64); '64x48' is width × height as video sizes are written -> (H, W) = (48, 64)."""
+    if isinstance(text, (tuple, list)):
+        return target_hw(text)
+    s = str(text).strip().lower().replace("×", "x")
+    try:
+        if "x" in s:
+            w, h = (int(v) for v in s.split("x"))
+        else:
+            w = h = int(s)
+    except ValueError:
+        raise GenieInputError(f"--resolution must be N or WIDTHxHEIGHT (e.g. 64 or 64x48), got {text!r}") from None
+    if min(h, w) < 8:
+        raise GenieInputError(f"--resolution must be at least 8 pixels on each side, got {w}x{h} (width x height)")
+    return h, w
 
 
 def read_video_resized(path: str | os.PathLike, resolution: int | tuple[int, int], backend: str = "auto",

@@ -36,7 +36,7 @@ def _cmd_coinrun(a: argparse.Namespace) -> None:
 def _cmd_import(a: argparse.Namespace) -> None:
     from data_pipelines.importing import import_videos
 
-    s = import_videos(a.videos, a.out, resolution=a.resolution, val_fraction=a.val_fraction,
+    s = import_videos(a.videos, a.out, resolution=a.resolution, fit=a.fit, val_fraction=a.val_fraction,
                       test_fraction=a.test_fraction, overwrite=a.overwrite, chunk_len=a.chunk_len,
                       parquet=a.parquet, progress=not a.quiet)
     splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
@@ -44,6 +44,9 @@ def _cmd_import(a: argparse.Namespace) -> None:
           f"skipped {len(s['skipped'])} unreadable"
           + (f" ({', '.join(r for r, _ in s['skipped'])})" if s["skipped"] else "")
           + f"; ignored {len(s['ignored_non_video'])} non-video files")
+    t = s["fit"]["target"]
+    srcs = ", ".join(f"{p['source'][1]}×{p['source'][0]} ({p['files']})" for p in s["fit"]["sources"])
+    print(f"frames fitted to {t['width']}×{t['height']} (width×height) by --fit {s['fit']['mode']} from {srcs}")
 
 
 def _cmd_info(a: argparse.Namespace) -> None:
@@ -74,8 +77,11 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
     from genie.tokenize import tokenize_dataset
 
     s = tokenize_dataset(a.tokenizer, a.data, a.out, lam_dir=a.lam, batch_size=a.batch_size, max_episodes=a.max_episodes,
-                         overwrite=a.overwrite, progress=not a.quiet)
-    print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s) → {s['path']}")
+                         overwrite=a.overwrite, progress=not a.quiet, device=a.device)
+    if s["main_process"]:
+        procs = f", {s['processes']} processes" if s["processes"] > 1 else ""
+        print(f"tokenized {s['frames']} frames in {s['seconds']:.1f} s ({s['frames_per_s']:.0f} frames/s on {s['device']}{procs}) "
+              f"→ {s['path']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
@@ -99,6 +105,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
     from data_pipelines.clips import frames_to_video, video_to_frames
+    from genie.device import resolve_device, to_device
     from genie.video_io import check_output_path, read_prompt, write_clip
     from genie.world_model import WorldModel
 
@@ -106,7 +113,8 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     actions = _parse_actions(a.actions)
     if a.steps < 1 or a.temperature < 0:
         raise GenieInputError("--steps must be >= 1 and --temperature >= 0")
-    wm = WorldModel.from_pretrained(a.model)
+    dev = resolve_device(a.device)
+    wm = to_device(WorldModel.from_pretrained(a.model), dev, a.model)
     bad = [x for x in actions if not 0 <= x < wm.num_actions]
     if bad:
         raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
@@ -137,7 +145,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if out.suffix.lower() != ".json":
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
-                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d)
+                   horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device,
+                   probe_data=a.probe_data, probe_cache=a.probe_cache)
+    if not res.pop("main_process", True):  # under torchrun every process evaluated its share; one writes
+        return
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
@@ -151,7 +162,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 def _cmd_probe(a: argparse.Namespace) -> None:
     from genie.probe import probe
 
-    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed)
+    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed,
+                device=a.device)
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
@@ -160,7 +172,20 @@ def _cmd_probe(a: argparse.Namespace) -> None:
 def _cmd_quickstart(a: argparse.Namespace) -> None:
     from genie.quickstart import quickstart
 
-    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite)
+    quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite,
+               device=a.device)
+
+
+def _cmd_play(a: argparse.Namespace) -> None:
+    from genie.play import serve
+
+    serve(a.model, host=a.host, port=a.port, device=a.device, steps=a.steps, temperature=a.temperature,
+          context=a.context, data=a.data, split=a.split, keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
+
+
+def add_device(q: argparse.ArgumentParser) -> None:
+    """`--device auto|cpu|cuda[:N]` (DESIGN §5) for a command that runs a model."""
+    q.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = dsub.add_parser("import", help="import a folder of mp4/webm/avi/mkv files (recursively)")
     i.add_argument("--videos", required=True, help="folder of video files")
-    i.add_argument("--resolution", type=int, default=64, help="square frame size after centre crop + resize")
+    i.add_argument("--resolution", default="64", metavar="N|WxH",
+                   help="frame size after import: N for N×N, or WIDTHxHEIGHT as video sizes are written "
+                        "(64x48 = 64 wide, 48 high); default 64")
+    i.add_argument("--fit", choices=["pad", "crop", "stretch"], default="pad",
+                   help="how frames of another aspect reach that size: pad (default) letterboxes the whole frame "
+                        "with black bars; crop cuts the centre and reports the rows/columns dropped; stretch "
+                        "scales each axis on its own")
     common_out(i)
     i.set_defaults(func=_cmd_import)
 
@@ -223,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
     k.add_argument("--overwrite", action="store_true")
     k.add_argument("--quiet", action="store_true")
+    add_device(k)
     k.set_defaults(func=_cmd_tokenize)
 
     x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
@@ -241,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
     g.add_argument("--fps", type=int, default=10)
     g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
+    add_device(g)
     g.set_defaults(func=_cmd_generate)
 
     m = sub.add_parser("assemble", help="check three stage exports fit together and write one world-model folder")
@@ -264,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--i3d", default=None, metavar="FILE",
                    help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
                         "or .safetensors) to compute FVD of the rollouts; never downloaded")
+    e.add_argument("--probe-data", default=None, metavar="DIR",
+                   help="dataset whose labelled train split trains the supervised inverse-dynamics ceiling scored "
+                        "beside the LAM (default: --data; held-out folders often have only a test split)")
+    e.add_argument("--probe-cache", default=None, metavar="DIR",
+                   help="where trained ceiling probes are cached (default: <probe-data>/.genie-cache)")
     e.add_argument("--quiet", action="store_true")
+    add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
@@ -276,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test")
     pr.add_argument("--steps", type=int, default=25)
     pr.add_argument("--seed", type=int, default=0)
+    add_device(pr)
     pr.set_defaults(func=_cmd_probe)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun, sized for a 2-core machine")
@@ -285,7 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tiny", action="store_true", help="debug presets and a few steps: a smoke run of the pipeline")
     q.add_argument("--episodes", type=int, default=None, help="training episodes to record")
     q.add_argument("--overwrite", action="store_true")
+    add_device(q)
     q.set_defaults(func=_cmd_quickstart)
+
+    pl = sub.add_parser("play", help="play the world model in a local web page: keys → latent actions")
+    pl.add_argument("--model", required=True, help="world-model folder (genie assemble); a keymap.json there names the keys")
+    pl.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback is reachable "
+                                                        "from other machines: a warning is printed)")
+    pl.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    pl.add_argument("--steps", type=int, default=8, help="MaskGIT steps per frame (the page can change it)")
+    pl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    pl.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per step "
+                                                              "(default: its whole window; fewer is faster)")
+    pl.add_argument("--data", default=None, metavar="DIR", help="dataset folder: a grid of held-out prompt frames")
+    pl.add_argument("--split", default=None, help="split of --data (default: test, else val, else train)")
+    pl.add_argument("--keymap", default=None, metavar="FILE", help="keymap.json from `genie probe` (default: "
+                                                                   "MODEL/keymap.json when present)")
+    pl.add_argument("--seed", type=int, default=0, help="each session's sampling seed")
+    pl.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before a closed tab's session is freed")
+    add_device(pl)
+    pl.set_defaults(func=_cmd_play)
     return p
 
 
@@ -297,6 +356,12 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except GenieInputError as e:
         print(f"genie: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:  # torch.OutOfMemoryError (a RuntimeError): a model or batch too big for the device
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"genie: error: out of device memory ({str(e).splitlines()[0][:160]}); use a smaller --batch-size "
+              "or --num-clips, or --device cpu", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("genie: interrupted; nothing was written", file=sys.stderr)

@@ -38,10 +38,12 @@ def test_import_is_frame_exact_against_pyav(video_dir, tmp_path):
         by_source[src] = ds.episode_frames(e)
     assert set(by_source) == {"a.mp4", "sub/b.mkv", "c.avi"}
     for rel, frames in by_source.items():
-        ref = resize_frames(_decode_pyav(video_dir / rel), 64)
+        ref = resize_frames(_decode_pyav(video_dir / rel), 64, "pad")  # the default fit keeps the whole frame
         assert np.array_equal(frames, ref), rel
-    # the lossless file is also exact against its source pixels (centre crop 48×48 → 64×64 aside)
     assert by_source["a.mp4"].shape == (12, 64, 64, 3)
+    # 80×48 (width×height) letterboxed into 64×64: black bars above and below, content between
+    b = by_source["sub/b.mkv"]
+    assert b[:, :12].max() == 0 and b[:, -12:].max() == 0 and b[:, 14:50].mean() > 30
     assert not ds.has_actions and "actions" not in ds[0]
 
 
@@ -140,3 +142,85 @@ def test_killed_recording_leaves_no_dataset(tmp_path):
 def test_coinrun_bad_arguments_exit_2(tmp_path):
     p = run_genie("data", "coinrun", "--out", tmp_path / "x", "--episodes", "0")
     assert p.returncode == 2 and "--episodes" in stderr_line(p)
+
+
+def atari_frames(n: int = 6) -> np.ndarray:
+    """210 rows × 160 columns like Atari, with a white 'score' band in rows 0-19 and a white 'paddle'
+    band in rows 190-209: what a square centre crop removes."""
+    f = smooth_frames(n, 210, 160, seed=3) // 2
+    f[:, :20] = 255
+    f[:, 190:] = 255
+    return f
+
+
+@pytest.fixture
+def atari_dir(tmp_path):
+    d = tmp_path / "atari"
+    d.mkdir()
+    write_video(d / "breakout.mp4", atari_frames())
+    return d
+
+
+def test_import_fit_pad_keeps_the_whole_frame(atari_dir, tmp_path):
+    p = run_genie("data", "import", "--videos", atari_dir, "--out", tmp_path / "ds", "--quiet",
+                  "--resolution", "64x48", "--val-fraction", "0", "--test-fraction", "0")
+    assert p.returncode == 0, p.stderr
+    assert "fitted to 64×48 (width×height) by --fit pad from 160×210 (1)" in p.stdout
+    frames = ClipDataset(tmp_path / "ds", "train", clip_len=2).episode_frames(0)
+    assert frames.shape == (6, 48, 64, 3)  # 64 wide, 48 high
+    card = json.loads((tmp_path / "ds" / "genie_dataset.json").read_text())
+    src = card["fit"]["sources"][0]
+    assert card["fit"]["mode"] == "pad" and card["fit"]["target"] == {"height": 48, "width": 64}
+    assert src["source"] == [210, 160] and src["files"] == 1 and src["crop_rows"] == [0, 0] and src["crop_cols"] == [0, 0]
+    l, r = src["pad_cols"]
+    assert l + r == 64 - src["scaled"][1] and l > 0 and src["scaled"][0] == 48
+    assert frames[:, :, :l - 1].max() == 0 and frames[:, :, 64 - r + 1:].max() == 0  # black side bars
+    content = frames[:, :, l + 1:64 - r - 1]
+    assert content[:, :3].min() > 200 and content[:, -3:].min() > 200  # score and paddle bands survive
+
+
+def test_import_fit_crop_says_what_it_dropped(atari_dir, tmp_path):
+    p = run_genie("data", "import", "--videos", atari_dir, "--out", tmp_path / "ds", "--quiet", "--fit", "crop",
+                  "--resolution", "64", "--val-fraction", "0", "--test-fraction", "0")
+    assert p.returncode == 0, p.stderr
+    assert "--fit crop drops 50 of 210 rows (25 top, 25 bottom) of 160×210 frames (1 file)" in p.stderr
+    frames = ClipDataset(tmp_path / "ds", "train", clip_len=2).episode_frames(0)
+    assert frames.shape == (6, 64, 64, 3) and frames[:, :2].max() < 200  # the bands are gone, and we said so
+    card = json.loads((tmp_path / "ds" / "genie_dataset.json").read_text())
+    assert card["fit"]["sources"][0]["crop_rows"] == [25, 25] and card["recipe"]["fit"] == "crop"
+
+
+def test_import_fit_stretch_and_height_by_width(atari_dir, tmp_path):
+    p = run_genie("data", "import", "--videos", atari_dir, "--out", tmp_path / "ds", "--quiet", "--fit", "stretch",
+                  "--resolution", "48x64", "--val-fraction", "0", "--test-fraction", "0")
+    assert p.returncode == 0, p.stderr
+    frames = ClipDataset(tmp_path / "ds", "train", clip_len=2).episode_frames(0)
+    assert frames.shape == (6, 64, 48, 3)  # 48 wide, 64 high
+    assert frames[:, :3].min() > 200 and frames[:, -3:].min() > 200 and frames[:, :, :2].max() > 0  # no bars
+    info = json.loads(run_genie("data", "info", tmp_path / "ds", "--json").stdout)
+    assert info["resolution"] == [64, 48]
+
+
+@pytest.mark.parametrize("res", ["64x", "axb", "4x64", "0"])
+def test_import_bad_resolution_exit_2(atari_dir, tmp_path, res):
+    p = run_genie("data", "import", "--videos", atari_dir, "--out", tmp_path / "ds", "--quiet", "--resolution", res)
+    assert p.returncode == 2 and "--resolution" in stderr_line(p)
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("n, expected", [(1, {"train": 1}), (2, {"train": 1, "val": 1}),
+                                         (3, {"train": 1, "val": 1, "test": 1}), (5, None)])
+def test_small_folders_always_get_held_out_files(tmp_path, n, expected):
+    d = tmp_path / "few"
+    d.mkdir()
+    for i in range(n):
+        write_video(d / f"clip{i}.mp4", smooth_frames(4, 32, 48, seed=i))
+    (d / "zz_corrupt.mp4").write_bytes(os.urandom(3000))  # skipped before the splits are drawn
+    s = import_videos(d, tmp_path / "ds", resolution=32, progress=False)  # default 5% / 5%
+    assert [r for r, _ in s["skipped"]] == ["zz_corrupt.mp4"]
+    if expected is None:  # the path hash decides the rest; every split still holds a file
+        assert set(s["splits"]) == {"train", "val", "test"} and sum(s["splits"].values()) == n
+    else:
+        assert s["splits"] == expected
+    direct = {split: len(VideoFolderClipDataset(d, split, clip_len=2, resolution=32).files) for split in s["splits"]}
+    assert direct == s["splits"]  # reading the folder directly gives the same split sizes
