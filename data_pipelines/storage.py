@@ -291,6 +291,24 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
+def pick_split(path: str | os.PathLike, split: str | None = None) -> tuple[str, str | None]:
+    """(split to read, a note for stderr or None). `split` given: it, unchanged. None: the first of
+    test, val, train that holds episodes, with a note saying which was chosen and why (a small
+    imported folder may have no test split)."""
+    if split is not None:
+        return split, None
+    card = read_card(path)
+    have = [s for s in ("test", "val", "train") if (card.get("splits", {}).get(s) or {}).get("episodes")]
+    if not have:
+        raise GenieInputError(f"{path}: the dataset has no episodes")
+    if have[0] == "test":
+        return "test", f"genie: note: --split not given; using the test split of {path}"
+    if have[0] == "val":
+        return "val", f"genie: note: --split not given; {path} has no test split, using val"
+    return "train", (f"genie: note: --split not given; {path} has no test or val split, using train "
+                     "(figures on training data are optimistic)")
+
+
 def split_files(path: str | os.PathLike, split: str) -> list[Path]:
     d = Path(path) / split
     return sorted(d.glob("data-*.arrow")) if d.is_dir() else []

@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="world-model folder or a single stage export")
     e.add_argument("--data", required=True, help="dataset folder (held-out levels)")
     e.add_argument("--out", required=True, help="output .json (a .md table is written beside it)")
-    e.add_argument("--split", default="test")
+    e.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="split of --data (default: test, else val, else train; said on stderr)")
     e.add_argument("--num-clips", type=int, default=128)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--steps", type=int, default=25, help="MaskGIT steps per generated frame")
@@ -307,12 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
-    pr.add_argument("--model", required=True, help="world-model folder")
+    pr.add_argument("--model", required=True,
+                    help="world-model folder, or a LAM export (then frames are the LAM decoder's predictions)")
     pr.add_argument("--data", required=True, help="dataset folder")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--prompts", type=int, default=4)
     pr.add_argument("--repeat", type=int, default=4, help="times each action is repeated")
-    pr.add_argument("--split", default="test")
+    pr.add_argument("--split", default=None, choices=["train", "val", "test"],
+                    help="split of --data (default: test, else val, else train; said on stderr)")
     pr.add_argument("--steps", type=int, default=25)
     pr.add_argument("--seed", type=int, default=0)
     add_device(pr)

@@ -12,6 +12,7 @@ Clips are a fixed, seeded subset of the split, so the same seed gives the same n
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import pick_split
 from genie.device import generator_for, resolve_device, to_device
 from genie.distributed import process_state
 from genie.metrics import normalized_mutual_info, psnr
@@ -298,12 +300,13 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
     return res
 
 
-def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_clips: int = 128, seed: int = 0,
+def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, num_clips: int = 128, seed: int = 0,
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
              progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
              probe_data: str | Path | None = None, probe_cache: str | Path | None = None) -> dict:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
+    `split`: None picks test, else val, else train (whichever holds episodes) and says which on stderr.
     `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed.
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling probe scored beside the
@@ -335,6 +338,9 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str = "test", num_c
 
         i3d_net = load_i3d(i3d)
     state, dev = process_state(dev)  # under torchrun: this process's share of the clips, gathered at the end
+    split, note = pick_split(data, split)
+    if note and (state is None or state.is_main_process):
+        print(note, file=sys.stderr)
     stages = {s: to_device(m, dev, f"{p} ({s})") for s, m in stages.items()}
     if i3d_net is not None:
         i3d_net = to_device(i3d_net, dev, str(i3d))

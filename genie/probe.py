@@ -6,19 +6,27 @@ For several prompt frames, roll out each latent action repeated k times and writ
     confusion.json/png latent code vs true action counts, when the data has true actions
     keymap.json        latent id → the true action it most often corresponds to
     index.html         a page that shows all of it
+
+`--model` is a world-model folder (rollouts by the dynamics model, decoded by the tokenizer) or a LAM
+export on its own: then each step is the LAM decoder's next-frame prediction for the chosen latent
+action (`decode_with_actions`) from the frames so far, so a LAM can be looked at before any dynamics
+model is trained.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data_pipelines import atomic
 from data_pipelines.clips import ClipDataset, video_to_frames
 from data_pipelines.errors import GenieInputError
+from data_pipelines.storage import pick_split
 from genie.device import resolve_device, to_device
 
 
@@ -36,47 +44,82 @@ def _heatmap(counts: np.ndarray, cell: int = 24) -> np.ndarray:
     return _upscale(img, cell)
 
 
+def lam_rollout(lam, first: torch.Tensor, action: int, repeat: int) -> torch.Tensor:
+    """first (p, 1, c, H, W) -> (p, repeat + 1, c, H, W): the LAM decoder's next-frame prediction for
+    `action`, fed back `repeat` times (the last num_frames - 1 frames are its context)."""
+    video = first
+    for _ in range(repeat):
+        context = video[:, -(lam.config.num_frames - 1):]
+        actions = torch.full(context.shape[:2], action, dtype=torch.long, device=context.device)
+        nxt = lam.decode_with_actions(context, actions)[:, -1:].clamp(-1, 1)
+        video = torch.cat([video, nxt], dim=1)
+    return video
+
+
+def _load(model_dir: str | Path, dev: torch.device):
+    """(world model or None, LAM) from a world-model folder or a LAM export."""
+    from genie.export import load_export
+    from genie.world_model import WorldModel
+
+    p = Path(model_dir)
+    if (p / "config.json").is_file():
+        stage = json.loads((p / "config.json").read_text()).get("genie_stage")
+        if stage != "lam":
+            raise GenieInputError(f"{p}: a {stage or 'non-genie'} export; --model must be a world-model folder "
+                                  "or a LAM export")
+        return None, to_device(load_export(p, "lam"), dev, str(p)).eval()
+    wm = to_device(WorldModel.from_pretrained(p), dev, str(p))
+    return wm, wm.lam
+
+
 @torch.no_grad()
 def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: int = 4, repeat: int = 4,
-          split: str = "test", steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
+          split: str | None = None, steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
           device: str | torch.device = "auto") -> dict:
+    """`split` None: test, else val, else train (said on stderr)."""
     from PIL import Image
 
     from genie.video_io import write_clip
-    from genie.world_model import WorldModel
 
     dev = resolve_device(device)
-    wm = to_device(WorldModel.from_pretrained(model_dir), dev, str(model_dir))
+    wm, lam = _load(model_dir, dev)
+    split, note = pick_split(data, split)
+    if note:
+        print(note, file=sys.stderr)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GenieInputError(f"{out}: --out must be a folder")
     out.mkdir(parents=True, exist_ok=True)
     if prompts < 1 or repeat < 1:
         raise GenieInputError("--prompts and --repeat must be >= 1")
-    clip_len = min(wm.lam.config.num_frames, 16)
+    clip_len = min(lam.config.num_frames, 16)
     ds = ClipDataset(data, split, clip_len=clip_len, num_clips=max(prompts, num_clips), seed=seed)
-    first = torch.stack([ds[i]["video"][0] for i in range(prompts)])  # (p, c, H, W)
-    A = wm.num_actions
+    first = torch.stack([ds[i % len(ds)]["video"][0] for i in range(prompts)])  # (p, c, H, W)
+    A = lam.num_actions
     rollouts = []  # per action: (p, repeat + 1, c, H, W)
     for a in range(A):
-        rollouts.append(wm.generate(first[:, None], [a] * repeat, steps=steps, seed=seed))
+        if wm is not None:
+            rollouts.append(wm.generate(first[:, None], [a] * repeat, steps=steps, seed=seed))
+        else:
+            rollouts.append(lam_rollout(lam, first[:, None].to(dev), a, repeat).cpu())
     frames = [video_to_frames(r) for r in rollouts]  # per action (p, repeat+1, H, W, c)
 
     # grid: prompt column, then the frame after `repeat` steps of each action
     rows = [np.concatenate([frames[0][i, 0]] + [frames[a][i, -1] for a in range(A)], axis=1) for i in range(prompts)]
-    Image.fromarray(_upscale(np.concatenate(rows, axis=0), scale)).save(out / "grid.png")
+    with atomic.atomic_file(out / "grid.png") as tmp:
+        Image.fromarray(_upscale(np.concatenate(rows, axis=0), scale)).save(tmp)
     for a in range(A):
         strip = np.concatenate([frames[a][i] for i in range(prompts)], axis=2)  # (repeat+1, H, p*W, c)
         write_clip(out / f"action_{a}.gif", strip, fps=4, scale=scale)
 
     result = {"model": str(model_dir), "data": str(data), "split": split, "prompts": prompts, "repeat": repeat,
-              "num_actions": A, "files": ["grid.png"] + [f"action_{a}.gif" for a in range(A)]}
+              "num_actions": A, "rollouts": "world model" if wm is not None else "LAM decoder (next-frame predictions)", "files": ["grid.png"] + [f"action_{a}.gif" for a in range(A)]}
     confusion_html = "<p>The data has no true actions: no confusion matrix or keymap.</p>"
     if ds.has_actions:
         codes, true = [], []
         for i in range(len(ds)):
             item = ds[i]
-            codes.append(wm.lam.infer_actions(item["video"][None].to(dev))[0].cpu())
+            codes.append(lam.infer_actions(item["video"][None].to(dev))[0].cpu())
             true.append(item["actions"])
         codes, true = torch.cat(codes).numpy(), torch.cat(true).numpy()
         merge = ds.card.get("merged_action")
@@ -89,10 +132,11 @@ def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: 
             counts[c, classes.index(int(t))] += 1
         label = [names[c] if names and c < len(names) else str(c) for c in classes]
         keymap = {str(a): (label[int(counts[a].argmax())] if counts[a].sum() else None) for a in range(A)}
-        (out / "confusion.json").write_text(json.dumps({"rows": "latent action", "columns": label,
-                                                        "counts": counts.tolist()}, indent=2))
-        (out / "keymap.json").write_text(json.dumps(keymap, indent=2))
-        Image.fromarray(_heatmap(counts)).save(out / "confusion.png")
+        atomic.write_text(out / "confusion.json", json.dumps({"rows": "latent action", "columns": label,
+                                                              "counts": counts.tolist()}, indent=2))
+        atomic.write_text(out / "keymap.json", json.dumps(keymap, indent=2))
+        with atomic.atomic_file(out / "confusion.png") as tmp:
+            Image.fromarray(_heatmap(counts)).save(tmp)
         result.update(files=result["files"] + ["confusion.json", "confusion.png", "keymap.json"], keymap=keymap)
         head = "".join(f"<th>{html.escape(x)}</th>" for x in label)
         body = "".join(f"<tr><th>{a}</th>" + "".join(f"<td>{v}</td>" for v in counts[a]) + "</tr>" for a in range(A))
@@ -101,10 +145,11 @@ def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: 
                           f"<h2>Suggested keymap</h2><pre>{html.escape(json.dumps(keymap, indent=2))}</pre>")
     gifs = "".join(f"<figure><img src='action_{a}.gif'><figcaption>action {a}</figcaption></figure>" for a in range(A))
     page = (f"<!doctype html><meta charset=utf-8><title>genie probe</title><h1>What each latent action does</h1>"
-            f"<p>{html.escape(str(model_dir))} on {html.escape(str(data))} ({split}), each action repeated {repeat}×.</p>"
+            f"<p>{html.escape(str(model_dir))} on {html.escape(str(data))} ({split}), each action repeated {repeat}×; "
+            f"frames from the {html.escape(result['rollouts'])}.</p>"
             f"<h2>Grid (rows: prompts; columns: prompt, then actions 0..{A - 1})</h2><img src='grid.png'>"
             f"<h2>Per action</h2>{gifs}{confusion_html}")
-    (out / "index.html").write_text(page)
+    atomic.write_text(out / "index.html", page)
     result["files"].append("index.html")
-    (out / "probe.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "probe.json", json.dumps(result, indent=2))
     return result

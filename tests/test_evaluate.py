@@ -90,3 +90,54 @@ def test_a_rollout_shorter_than_delta_t_reports_delta_at_its_last_step(world, tm
     assert p.returncode == 0, p.stderr[-2000:]
     w = json.loads((tmp_path / "e.json").read_text())["world_model"]
     assert "delta_t_psnr_t3_db" in w and len(w["rollout_psnr_db"]) == 3
+
+
+def test_split_defaults_to_the_one_that_exists(world, tmp_path):  # noqa: F811
+    """An imported corpus of a few files may have train and val but no test: evaluate and probe use val
+    and say so; an explicit --split that is empty is still an error."""
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:
+        w.add_episode(coded_episode(0, 10, h=64, w=64), "train")
+        w.add_episode(coded_episode(1, 10, h=64, w=64), "val")
+        w.close()
+    p = run_genie("evaluate", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "e.json",
+                  "--num-clips", "2", "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "has no test split, using val" in p.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["split"] == "val"
+    p = run_genie("evaluate", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "e2.json",
+                  "--num-clips", "2", "--quiet", "--split", "test")
+    assert p.returncode == 2 and "test" in p.stderr and not (tmp_path / "e2.json").exists()
+
+
+def test_probe_on_a_lam_export_alone(world, tmp_path):  # noqa: F811
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:  # train split only
+        for e in range(2):
+            w.add_episode(coded_episode(e, 8, h=64, w=64), "train")
+        w.close()
+    p = run_genie("probe", "--model", world / "lam", "--data", data, "--out", tmp_path / "probe", "--prompts", "2",
+                  "--repeat", "3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "has no test or val split, using train" in p.stderr
+    res = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert res["rollouts"].startswith("LAM decoder") and res["split"] == "train" and res["num_actions"] == 8
+    conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())  # the LAM alone infers the codes
+    assert len(conf["counts"]) == 8 and sum(map(sum, conf["counts"])) > 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
+    # the frames are the LAM decoder's: the same as calling it directly, and they differ between actions
+    from data_pipelines.clips import ClipDataset
+    from genie.export import load_export
+    from genie.probe import lam_rollout
+
+    lam = load_export(world / "lam", "lam").eval()
+    first = ClipDataset(data, "train", clip_len=4, num_clips=64, seed=0)[0]["video"][:1][None]
+    with torch.no_grad():
+        r0, r5 = lam_rollout(lam, first, 0, 3), lam_rollout(lam, first, 5, 3)
+        direct = lam.decode_with_actions(first, torch.zeros(1, 1, dtype=torch.long)).clamp(-1, 1)
+    assert r0.shape == (1, 4, 3, 64, 64) and torch.equal(r0[:, 1], direct[:, 0])
+    assert not torch.equal(r0[:, 1:], r5[:, 1:])
+    p = run_genie("probe", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "p2")
+    assert p.returncode == 2 and "LAM export" in p.stderr
