@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
+from data_pipelines.atomic import disk_full_error, is_disk_full, replace_dir
 from data_pipelines.errors import GenieInputError
 
 FORMAT_NAME = "genie-video-dataset"
@@ -244,8 +245,7 @@ class DatasetWriter:
             if not self.overwrite and any(self.out.iterdir()):
                 self.abort()
                 raise GenieInputError(f"{self.out}: appeared while writing and is not empty; nothing written")
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        replace_dir(self.tmp, self.out)  # the previous dataset (with --overwrite) stays whole until the swap
         self._closed = True
         return self.out
 
@@ -266,6 +266,8 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            if is_disk_full(exc):  # one clear line instead of pyarrow's error; nothing is left at `out`
+                raise disk_full_error(self.out) from None
 
 
 # -- reading ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from data_pipelines import atomic
 from data_pipelines.errors import GenieInputError
 
 
@@ -135,8 +136,6 @@ def _cmd_assemble(a: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    import os
-    import tempfile
     from pathlib import Path
 
     from genie.evaluate import evaluate, markdown_table
@@ -152,10 +151,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
     print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
 
 
@@ -173,7 +169,7 @@ def _cmd_quickstart(a: argparse.Namespace) -> None:
     from genie.quickstart import quickstart
 
     quickstart(a.out, minutes=a.minutes, pretrained=a.pretrained, tiny=a.tiny, episodes=a.episodes, overwrite=a.overwrite,
-               device=a.device)
+               device=a.device, videos=a.videos, resolution=a.resolution)
 
 
 def _cmd_play(a: argparse.Namespace) -> None:
@@ -321,12 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(pr)
     pr.set_defaults(func=_cmd_probe)
 
-    q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun, sized for a 2-core machine")
+    q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun or on your own videos (--videos DIR), "
+                                          "sized for a 2-core machine")
     q.add_argument("--out", default="quickstart", help="folder for data, runs, model, report, samples")
     q.add_argument("--minutes", type=float, default=30.0, help="total time budget")
     q.add_argument("--pretrained", action="store_true", help="use the committed models in pretrained/ (no training)")
     q.add_argument("--tiny", action="store_true", help="debug presets and a few steps: a smoke run of the pipeline")
     q.add_argument("--episodes", type=int, default=None, help="training episodes to record")
+    q.add_argument("--videos", default=None, metavar="DIR",
+                   help="train on a folder of your own video files instead of CoinRun (imported with --fit pad; "
+                        "held-out files are evaluated)")
+    q.add_argument("--resolution", default=None, metavar="N|WxH",
+                   help="with --videos: frame size, WIDTHxHEIGHT in multiples of 16 (default: 64 on the long side "
+                        "at the videos' aspect, e.g. 48x64 for 160×210 Atari frames)")
     q.add_argument("--overwrite", action="store_true")
     add_device(q)
     q.set_defaults(func=_cmd_quickstart)
@@ -365,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"genie: error: out of device memory ({str(e).splitlines()[0][:160]}); use a smaller --batch-size "
               "or --num-clips, or --device cpu", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a full disk anywhere below: one line naming the path (writers leave only hidden temporaries)
+        if not atomic.is_disk_full(e):
+            raise
+        print(f"genie: error: {e.filename or 'output'}: no space left on device; nothing complete was written",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("genie: interrupted; nothing was written", file=sys.stderr)

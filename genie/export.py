@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from data_pipelines.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside
 from data_pipelines.errors import GenieInputError
 
 EXPORT_FILES = ("config.json", "model.safetensors")
@@ -85,17 +85,21 @@ def save_export(model: nn.Module, out: str | os.PathLike, stage: str, extra: dic
     """Write `model` (a stage's plain nn.Module with a `.config`) to `out`, atomically (temp folder, rename)."""
     cfg_cls, pre_cls = pretrained_classes(stage)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp = temp_dir_beside(out)
+    except OSError as e:
+        raise (disk_full_error(out) if is_disk_full(e) else GenieInputError(f"{out}: cannot write there ({e.strerror})")) from None
     try:
         wrapper = pre_cls(cfg_cls(genie_config=model.config.to_dict(), genie_stage=stage))
         wrapper.model.load_state_dict(model.state_dict())
         wrapper.save_pretrained(tmp)
         if extra:
             (tmp / "genie_export.json").write_text(json.dumps(extra, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
+    except Exception as e:  # safetensors reports a full disk as its own error type, not OSError
+        if is_disk_full(e):
+            raise disk_full_error(out) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -19,7 +19,9 @@ from typing import Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from data_pipelines.atomic import atomic_file
 
 from data_pipelines.errors import GenieInputError
 
@@ -77,6 +79,21 @@ class GenieModule(L.LightningModule):
 
         return save_export(self.model, out, self.stage,
                            extra={"global_step": int(self.global_step), "stage": self.stage})
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes each checkpoint under a temporary name and renames it into place.
+
+    Lightning writes `last.ckpt` in place, so a kill during the write leaves a truncated file and
+    nothing to resume from; here the previous `last.ckpt` stays whole until the new one is.
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if not trainer.is_global_zero:  # the other ranks take part in the collective save; rank 0 writes
+            return super()._save_checkpoint(trainer, filepath)
+        with atomic_file(filepath) as tmp:
+            super()._save_checkpoint(trainer, str(tmp))
+        self._last_checkpoint_saved = filepath
 
 
 class ExportCallback(Callback):
@@ -275,7 +292,7 @@ def _genie_cli_cls():
             every = self.config[self.subcommand].get("checkpoint_every") or \
                 (cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 500)
             defaults = {
-                "ModelCheckpoint": {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "ModelCheckpoint": {"class_path": "genie.training.AtomicModelCheckpoint",
                                     "init_args": {"dirpath": f"{root}/checkpoints", "save_last": True,
                                                   "every_n_train_steps": every, "save_top_k": 0}},
                 "LearningRateMonitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",

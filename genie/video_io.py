@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.atomic import atomic_file
 from data_pipelines.errors import GenieInputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -69,9 +68,8 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, scale
     p = check_output_path(path)
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_file(p) as tmp:
+        tmp = str(tmp)
         if p.suffix.lower() == ".gif":
             from PIL import Image
 
@@ -90,8 +88,4 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, scale
                         c.mux(pkt)
                 for pkt in s.encode():
                     c.mux(pkt)
-        shutil.move(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from data_pipelines.atomic import replace_dir, temp_dir_beside
 from data_pipelines.errors import GenieInputError
 from genie.nn.config import format_hw
 from genie.device import generator_for
@@ -89,7 +89,7 @@ class WorldModel(nn.Module):
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise GenieInputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        tmp = temp_dir_beside(out)
         try:
             for stage, src in srcs.items():
                 shutil.copytree(src, tmp / STAGE_FOLDERS[stage])
@@ -98,9 +98,7 @@ class WorldModel(nn.Module):
                        "vocab_size": models["tokenizer"].config.codebook_size,
                        "image_size": models["tokenizer"].config.image_size}
             (tmp / "world_model.json").write_text(json.dumps(summary, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
