@@ -83,6 +83,33 @@ class _EpisodeIndex:
         return np.sort(g.choice(len(self), size=n, replace=False))
 
 
+def _check_rows(table, frame_bytes: int, has_actions: bool, where: str) -> None:
+    """Rows that agree with themselves and the card, so a damaged shard is named instead of read out of bounds."""
+    import pyarrow.compute as pc
+
+    try:
+        table.validate(full=True)  # offsets inside their buffers, valid UTF-8
+        cols = ["episode_id", "offset", "num_frames", "frames"] + (["actions"] if has_actions else [])
+        if any(table.column(c).null_count for c in cols):
+            raise ValueError("null values")
+        nfr = table.column("num_frames").to_numpy()
+        if (nfr < 1).any():
+            raise ValueError("a chunk with no frames")
+        if (pc.binary_length(table.column("frames")).to_numpy(zero_copy_only=False) != nfr.astype(np.int64) * frame_bytes).any():
+            raise ValueError("frame bytes do not match num_frames and the card's frame shape")
+        if has_actions and (pc.list_value_length(table.column("actions")).to_numpy(zero_copy_only=False) != nfr).any():
+            raise ValueError("actions do not match num_frames")
+        eid, off = table.column("episode_id").to_numpy(), table.column("offset").to_numpy().astype(np.int64)
+        order = np.lexsort((off, eid))
+        eid, off, n = eid[order], off[order], nfr[order].astype(np.int64)
+        first = np.r_[True, eid[1:] != eid[:-1]]
+        expected = np.where(first, 0, np.r_[0, off[:-1] + n[:-1]])
+        if (off != expected).any():
+            raise ValueError("chunk offsets leave gaps or overlap within an episode")
+    except Exception as e:  # pyarrow raises several types for damaged data
+        raise GenieInputError(f"{where}: damaged Arrow shard ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+
+
 class ClipDataset(Dataset):
     """Random-access clips from one split of a genie dataset folder.
 
@@ -117,6 +144,7 @@ class ClipDataset(Dataset):
         table = ds.data.table
         self._ds = ds  # keeps the memory map alive
         frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        _check_rows(table, frame_bytes, self.has_actions, f"{self.path}/{self.split}")
         col = table.column("frames")
         bufs, row_buf, row_byte = [], [], []
         for chunk in col.chunks:

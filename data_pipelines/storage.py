@@ -288,9 +288,27 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         raise GenieInputError(f"{card_path}: unreadable dataset card ({e})") from None
     if not isinstance(card, dict) or card.get("format") not in (FORMAT_NAME, TOKEN_FORMAT_NAME):
         raise GenieInputError(f"{card_path}: not a genie dataset card (format={card.get('format') if isinstance(card, dict) else None!r})")
-    if int(card.get("format_version", 0)) > FORMAT_VERSION:
+    _check_card_fields(card, card_path)
+    if card.get("format_version", 0) > FORMAT_VERSION:
         raise GenieInputError(f"{card_path}: format version {card.get('format_version')} is newer than this genie understands ({FORMAT_VERSION})")
     return card
+
+
+def _check_card_fields(card: dict, card_path: Path) -> None:
+    """The fields readers rely on, with their types: a damaged card is named here, not by a KeyError later."""
+    def is_int(v, low=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    bad = [k for k, low in (("height", 1), ("width", 1), ("channels", 1)) if not is_int(card.get(k), low)]
+    bad += [k for k in ("format_version", "num_actions") if k in card and not is_int(card[k])]
+    bad += [k for k in ("has_actions",) if not isinstance(card.get(k), bool)]
+    splits = card.get("splits", {})
+    if not isinstance(splits, dict) or not all(
+            isinstance(s, str) and isinstance(v, dict) and is_int(v.get("episodes")) and is_int(v.get("frames"))
+            for s, v in splits.items()):
+        bad.append("splits")
+    if bad:
+        raise GenieInputError(f"{card_path}: damaged dataset card (missing or invalid: {', '.join(bad)})")
 
 
 def pick_split(path: str | os.PathLike, split: str | None = None) -> tuple[str, str | None]:

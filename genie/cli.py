@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from data_pipelines import atomic
@@ -93,13 +94,14 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
 
 def _parse_actions(text: str) -> list[int]:
-    try:
-        acts = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise GenieInputError(f"--actions {text!r}: expected comma-separated integers, e.g. 0,3,3,1") from None
-    if not acts:
+    items = [x.strip() for x in text.split(",")]
+    if not "".join(items):
         raise GenieInputError("--actions is empty: give at least one latent action id")
-    return acts
+    # ASCII digits only, no empty items: a stray comma or a pasted list is named rather than half-used
+    if not all(re.fullmatch(r"-?[0-9]{1,9}", x) for x in items):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise GenieInputError(f"--actions {shown!r}: expected comma-separated integers, e.g. 0,3,3,1") from None
+    return [int(x) for x in items]
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:
