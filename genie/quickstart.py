@@ -103,9 +103,110 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# ---- a folder of the user's own videos (`--videos DIR`) ------------------------------------------------
+
+def video_resolution(videos: str | Path, long_side: int = 64, multiple: int = 16) -> tuple[int, int]:
+    """(H, W) for a folder of videos: the most common source aspect, the long side `long_side` and the short
+    side rounded to a `multiple` (every preset's patch sizes divide 16), so `--fit pad` adds thin bars at
+    most and nothing is cropped. Square sources give long_side × long_side."""
+    from collections import Counter
+
+    from data_pipelines.video import VideoDecodeError, decode_video, list_videos, probe_video
+
+    files, _ = list_videos(videos)
+    sizes: Counter = Counter()
+    for f in files[:8]:
+        try:
+            probe_video(f)
+            import decord
+
+            sizes[tuple(decord.VideoReader(str(f), num_threads=1)[0].shape[:2])] += 1
+        except Exception:
+            try:
+                sizes[tuple(decode_video(f, backend="pyav").shape[1:3])] += 1
+            except VideoDecodeError:
+                continue
+    if not sizes:
+        return long_side, long_side  # import names the unreadable files
+    h, w = sizes.most_common(1)[0][0]
+    short = max(multiple, round(long_side * min(h, w) / max(h, w) / multiple) * multiple)
+    return (long_side, short) if h > w else (short, long_side) if w > h else (long_side, long_side)
+
+
+def _stage_model(stage: str, config_yaml: Path, image_size: tuple[int, int], grid: tuple[int, int] | None = None):
+    """The plain model of a stage's YAML at `image_size` (dynamics: on the token `grid`), for timing a step."""
+    import yaml
+
+    cfg = dict(yaml.safe_load(config_yaml.read_text())["model"]["config"])
+    if stage == "tokenizer":
+        from tokenizer.config import TokenizerConfig
+        from tokenizer.model import VideoTokenizer
+
+        return VideoTokenizer(TokenizerConfig.from_dict({**cfg, "image_size": list(image_size)}))
+    if stage == "lam":
+        from latent_actions.config import LatentActionConfig
+        from latent_actions.model import LatentActionModel
+
+        return LatentActionModel(LatentActionConfig.from_dict({**cfg, "image_size": list(image_size)}))
+    from dynamics.config import DynamicsConfig
+    from dynamics.model import DynamicsModel
+
+    return DynamicsModel(DynamicsConfig.from_dict({**cfg, "grid": list(grid)}))
+
+
+def step_seconds(stage: str, config_yaml: Path, image_size: tuple[int, int], device: torch.device,
+                 batch_size: int | None = None, grid: tuple[int, int] | None = None) -> float:
+    """Seconds of one bare training step (forward, backward, AdamW) of a stage on `device`, timed here,
+    so the validation interval can follow the number of steps the budget allows."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml.read_text())["data"]
+    b, t = batch_size or data["batch_size"], data["clip_len"]
+    model = _stage_model(stage, config_yaml, image_size, grid).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    H, W = image_size
+    video = torch.rand(b, t, 3, H, W, device=device) * 2 - 1
+
+    def step():
+        if stage == "tokenizer":
+            out = model(video)
+            loss = (out.recon - video).pow(2).mean() + out.quant_loss
+        elif stage == "lam":
+            out = model(video)
+            loss = (out.pred - video[:, 1:]).pow(2).mean() + out.quant_loss
+        else:
+            tokens = torch.randint(0, model.config.vocab_size, (b, t, *model.config.grid), device=device)
+            actions = torch.randint(0, model.config.num_actions, (b, t - 1), device=device)
+            loss = model(tokens, actions).float().logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (k-means codebook init, allocator)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / 2
+
+
+def val_interval(minutes: float, seconds_per_step: float, preset_interval: int, points: int = 8) -> int:
+    """Validate about `points` times within the stage's budget (never less often than the preset does),
+    so a short run logs a validation curve rather than one point. A bare step is faster than one inside
+    the training loop (data, logging), so the count is an upper bound and the curve has ≥ points / 2."""
+    expected = max(1, int(minutes * 60 / max(seconds_per_step, 1e-3)))
+    return max(5, min(preset_interval, expected // points))
+
+
 def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained: bool = False, tiny: bool = False,
-               episodes: int | None = None, overwrite: bool = False, device: str | torch.device = "auto") -> dict:
+               episodes: int | None = None, overwrite: bool = False, device: str | torch.device = "auto",
+               videos: str | Path | None = None, resolution: str | None = None) -> dict:
+    """The whole pipeline. With `videos`, a folder of the user's own video files replaces CoinRun: they are
+    imported (letterboxed to `resolution`, default: 64 on the long side at the videos' aspect), split by file
+    (held-out files are evaluated: test, else val, else train) and the models are built for that size."""
     from data_pipelines.coinrun import record_coinrun
+    from data_pipelines.storage import pick_split
     from genie.evaluate import evaluate, markdown_table
     from genie.probe import probe
     from genie.training import run_train
@@ -119,6 +220,17 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         if missing:
             raise GenieInputError(f"--pretrained: no committed {', '.join(missing)} model in {PRETRAINED} yet; "
                                   "run `genie quickstart` without it to train them")
+    if videos is not None and pretrained:
+        raise GenieInputError("--pretrained uses the committed CoinRun models; with --videos the models are trained "
+                              "on your videos (leave out --pretrained)")
+    if videos is not None:
+        from data_pipelines.video import list_videos, parse_resolution
+
+        list_videos(videos)  # a missing or empty folder fails before anything is written
+        size = parse_resolution(resolution) if resolution is not None else video_resolution(videos)
+        if size[0] % 16 or size[1] % 16:
+            raise GenieInputError(f"--resolution {size[1]}x{size[0]}: width and height must be multiples of 16 "
+                                  "(the presets' patch sizes)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise GenieInputError(f"{out}: exists and is not empty (pass --overwrite to start over)")
     out.mkdir(parents=True, exist_ok=True)
@@ -127,14 +239,28 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     n_test = max(2, n_train // 10)
     max_steps = 200 if tiny else 1000
     data, heldout = out / "data" / "coinrun", out / "data" / "heldout"
-    if pretrained:  # nothing to train: only the held-out levels are needed
+    eval_split = "test"
+    if videos is not None:
+        from data_pipelines.importing import import_videos
+
+        data = heldout = out / "data" / "videos"
+        print(f"[1/6] importing {videos} at {size[1]}×{size[0]} (width×height, --fit pad: whole frames, letterboxed)")
+        imp = import_videos(videos, data, resolution=size, fit="pad", overwrite=True, progress=not tiny)
+        print(f"      {imp['imported']} files, {imp['frames']} frames [" + ", ".join(f"{k} {v}" for k, v in imp["splits"].items())
+              + f"]; skipped {len(imp['skipped'])} unreadable")
+        eval_split, note = pick_split(data)
+        if "val" not in imp["splits"]:
+            print("      no val split (one file): training runs without validation")
+    elif pretrained:  # nothing to train: only the held-out levels are needed
         print(f"[1/6] recording CoinRun: {n_test} episodes on held-out levels")
     else:
         print(f"[1/6] recording CoinRun: {n_train} episodes on training levels, {n_test} on held-out levels")
         record_coinrun(data, n_train, start_level=0, num_levels=100000, seed=0, max_steps=max_steps, overwrite=True,
                        val_fraction=0.1, test_fraction=0.0, progress=not tiny)
-    record_coinrun(heldout, n_test, start_level=1_000_000, num_levels=100000, seed=1, max_steps=max_steps,
-                   split="test", overwrite=True, progress=not tiny)
+    if videos is None:
+        record_coinrun(heldout, n_test, start_level=1_000_000, num_levels=100000, seed=1, max_steps=max_steps,
+                       split="test", overwrite=True, progress=not tiny)
+        size = (64, 64)
 
     model = out / "model"
     if pretrained:
@@ -148,11 +274,34 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         runs = {}
         print(f"training on {dev} ({HARDWARE['cuda' if dev.type == 'cuda' else 'cpu']['precision']})")
         common = (["--trainer.enable_progress_bar", "false"] if tiny else []) + trainer_args(dev, tiny)
+        batch = HARDWARE["cuda" if dev.type == "cuda" else "cpu"]["batch_size"]
+        yamls = {st: REPO / "configs" / CONFIG_DIRS[st] / f"{preset}.yaml" for st in CONFIG_DIRS}
+        import yaml
+
+        tok_patch = yaml.safe_load(yamls["tokenizer"].read_text())["model"]["config"]["patch_size"]
+        grid = (size[0] // tok_patch, size[1] // tok_patch)
+        size_args = {"tokenizer": ["--model.config.image_size", json.dumps(list(size))],
+                     "lam": ["--model.config.image_size", json.dumps(list(size))],
+                     "dynamics": ["--model.config.grid", json.dumps(list(grid))]} if size != (64, 64) else {}
+
+        # a smoke run: CoinRun's 30 steps; a video folder's 16, validated every 4 (a 4-point curve, < 90 s in all)
+        tiny_args = ["--trainer.max_steps", "30"] if videos is None else ["--trainer.max_steps", "16",
+                                                                          "--trainer.val_check_interval", "4"]
+
+        def val_args(stage: str, stage_minutes: float) -> list[str]:
+            if tiny:  # the debug YAMLs validate every 10 of the 30 steps already
+                return []
+            preset_interval = yaml.safe_load(yamls[stage].read_text())["trainer"]["val_check_interval"]
+            every = val_interval(stage_minutes, step_seconds(stage, yamls[stage], size, dev, batch, grid), preset_interval)
+            print(f"      validating every {every} steps")
+            return ["--trainer.val_check_interval", str(every)]
+
         for i, stage in enumerate(("tokenizer", "lam")):
             print(f"[{2 + i}/6] training the {stage} ({preset} preset, ≤ {train_minutes * SHARES[stage]:.1f} min)")
             runs[stage] = out / "runs" / stage
-            extra = ["--trainer.max_steps", "30"] if tiny else []
-            run_train(stage, ["--config", str(REPO / "configs" / CONFIG_DIRS[stage] / f"{preset}.yaml"),
+            extra = list(tiny_args) if tiny else []
+            extra += size_args.get(stage, []) + val_args(stage, train_minutes * SHARES[stage])
+            run_train(stage, ["--config", str(yamls[stage]),
                               "--data.data", str(data), "--trainer.default_root_dir", str(runs[stage]),
                               "--trainer.max_time", _hms(train_minutes * SHARES[stage]), *extra, *common])
         from data_pipelines.storage import read_card
@@ -176,31 +325,37 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
                          max_episodes=limit, progress=not tiny, device=dev)
         runs["dynamics"] = out / "runs" / "dynamics"
         remaining = minutes_left()
-        extra = ["--trainer.max_steps", "30"] if tiny else []
+        extra = list(tiny_args) if tiny else []
+        extra += size_args.get("dynamics", []) + val_args("dynamics", remaining)
         run_train("dynamics", ["--config", str(REPO / "configs" / "dynamics" / f"{preset}.yaml"), "--data.data", str(tokens),
                                "--trainer.default_root_dir", str(runs["dynamics"]), "--trainer.max_time", _hms(remaining),
                                *extra, *common])
         WorldModel.assemble(runs["tokenizer"] / "export", runs["lam"] / "export", runs["dynamics"] / "export", model,
                             overwrite=True)
 
-    print("[5/6] evaluating on held-out levels and probing the latent actions")
+    where = "held-out levels" if videos is None else f"the {eval_split} split ({'held-out files' if eval_split != 'train' else 'training files: no file was held out'})"
+    print(f"[5/6] evaluating on {where} and probing the latent actions")
     horizon = 3 if tiny else 10
     # 8 MaskGIT steps per frame (the speed target's setting) keep the report to minutes on 2 cores;
     # `genie evaluate --steps 25` gives the slower, Genie-default figure.
-    res = evaluate(model, heldout, split="test", num_clips=8 if tiny else 64, seed=0, steps=4 if tiny else 8,
+    res = evaluate(model, heldout, split=eval_split, num_clips=8 if tiny else 64, seed=0, steps=4 if tiny else 8,
                    horizon=horizon, delta_t=2 if tiny else 4, progress=not tiny, device=dev)
     (out / "report.json").write_text(json.dumps(res, indent=2))
     table = markdown_table(res)
+    if videos is not None:
+        table += ("\nNo action metrics (NMI, probe accuracy, supervised ceiling): imported videos carry no true "
+                  "actions to compare the latent actions with; the probe page shows what each one does.\n")
+        print("      no action metrics: the videos carry no true actions (see the probe page instead)")
     (out / "report.md").write_text(table)
     probe(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4, steps=4 if tiny else 8,
-          device=dev)
+          device=dev, split=eval_split)
 
     print("[6/6] generating sample clips")
     from data_pipelines.clips import ClipDataset, video_to_frames
     from genie.video_io import write_clip
 
     wm = WorldModel.from_pretrained(model).to(dev)
-    prompt = ClipDataset(heldout, "test", clip_len=1, num_clips=1, seed=0)[0]["video"]
+    prompt = ClipDataset(heldout, eval_split, clip_len=1, num_clips=1, seed=0)[0]["video"]
     samples = []
     for a in range(min(wm.num_actions, 4)):
         video = wm.generate(prompt[None], [a] * (3 if tiny else 8), steps=4 if tiny else 25, seed=0)
