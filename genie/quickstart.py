@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines import atomic
 from data_pipelines.errors import GenieInputError
 from genie.device import resolve_device
 
@@ -340,13 +341,13 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     # `genie evaluate --steps 25` gives the slower, Genie-default figure.
     res = evaluate(model, heldout, split=eval_split, num_clips=8 if tiny else 64, seed=0, steps=4 if tiny else 8,
                    horizon=horizon, delta_t=2 if tiny else 4, progress=not tiny, device=dev)
-    (out / "report.json").write_text(json.dumps(res, indent=2))
+    atomic.write_text(out / "report.json", json.dumps(res, indent=2))
     table = markdown_table(res)
     if videos is not None:
         table += ("\nNo action metrics (NMI, probe accuracy, supervised ceiling): imported videos carry no true "
                   "actions to compare the latent actions with; the probe page shows what each one does.\n")
         print("      no action metrics: the videos carry no true actions (see the probe page instead)")
-    (out / "report.md").write_text(table)
+    atomic.write_text(out / "report.md", table)
     probe(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4, steps=4 if tiny else 8,
           device=dev, split=eval_split)
 
