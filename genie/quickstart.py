@@ -249,7 +249,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         imp = import_videos(videos, data, resolution=size, fit="pad", overwrite=True, progress=not tiny)
         print(f"      {imp['imported']} files, {imp['frames']} frames [" + ", ".join(f"{k} {v}" for k, v in imp["splits"].items())
               + f"]; skipped {len(imp['skipped'])} unreadable")
-        eval_split, note = pick_split(data)
+        eval_split = pick_split(data)[0]
         if "val" not in imp["splits"]:
             print("      no val split (one file): training runs without validation")
     elif pretrained:  # nothing to train: only the held-out levels are needed
