@@ -186,8 +186,12 @@ def main() -> None:
                    "latency_full_context_ms": summary(full), "server_model_ms": summary(mod),
                    "outside_model_ms": summary(outside), "errors": r["errors"],
                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                   "per_press_ms": [round(x, 1) for x in lat]}
+                   "per_press_ms": [round(x, 1) for x in lat], "per_press_model_ms": mod,
+                   # press k (from 1) sees min(k, context) frames: how the model's time grows with the context
+                   "context_at_press": [min(k + 1, context) for k in range(len(lat))]}
+            load = os.getloadavg()[0]
             run["profile_ms"] = profile(model, data, a.steps, context, a.profile_reps)
+            run["profile_load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             runs.append(run)
             print(f"context {context:2d}: key→frame median {run['latency_ms']['median']:.0f} ms "
                   f"(p10 {run['latency_ms']['p10']:.0f}, p90 {run['latency_ms']['p90']:.0f}; "
