@@ -62,6 +62,23 @@ def tree_memory(p: psutil.Process) -> tuple[int, int, int, list[int]]:
     return full.rss, full.pss, kid_pss, [k.pid for k in kids]
 
 
+def summary(samples: list[dict]) -> dict:
+    """Memory after warm-up: from the first sample at which every loader (train and validation) has its
+    workers, i.e. the worker count has reached its final value."""
+    if not samples:
+        return {}
+    start = next(i for i, s in enumerate(samples) if s["workers"] == max(x["workers"] for x in samples))
+    warm = samples[start:]
+    total = [s["pss_mb"] + s["workers_pss_mb"] for s in warm]  # the whole run: trainer + workers
+    rss = [s["rss_mb"] for s in warm]
+    slope = float(np.polyfit([s["minute"] for s in warm], total, 1)[0]) if len(warm) >= 2 else None
+    return {"warmup_ends_minute": warm[0]["minute"],
+            "trainer_rss_mb_after_warmup": {"first": rss[0], "last": rss[-1], "min": min(rss), "max": max(rss)},
+            "pss_total_mb_after_warmup": {"first": total[0], "last": total[-1], "min": min(total), "max": max(total)},
+            "slope_pss_total_mb_per_minute_after_warmup": slope,
+            "worker_counts": sorted({s["workers"] for s in samples})}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20.0)
@@ -114,14 +131,8 @@ def main() -> None:
             log.close()
         crashed = proc.returncode not in (0, -signal.SIGTERM, 143) and not samples
         tail = (Path(tmp) / "train.log").read_text()[-2000:]
-    warm = samples[1:] if len(samples) > 2 else samples
-    rss = [s["pss_mb"] + s["workers_pss_mb"] for s in warm]  # the whole run: trainer + workers
-    slope = float(np.polyfit([s["minute"] for s in warm], rss, 1)[0]) if len(warm) >= 2 else None
     result = {"command": " ".join(cmd[1:]), "minutes": a.minutes, "interval_s": a.interval, "samples": samples,
-              "pss_total_mb_after_warmup": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
-                                            "max": max(rss) if rss else None},
-              "slope_mb_per_minute_after_warmup": slope, "worker_counts": sorted({s["workers"] for s in samples}),
-              "workers_left_after_exit": leaked, "exit_code": proc.returncode}
+              **summary(samples), "workers_left_after_exit": leaked, "exit_code": proc.returncode}
     if crashed:
         result["log_tail"] = tail
     print({k: v for k, v in result.items() if k != "samples"})
