@@ -22,12 +22,16 @@ from dynamics.maskgit import maskgit_decode
 @torch.no_grad()
 def rollout_tokens(dynamics, prompt: Tensor, actions: Tensor, *, steps: int = 25, temperature: float = 1.0,
                    generator: torch.Generator | None = None, use_cache: bool = True, unmask: str = "confidence",
-                   prompt_actions: Tensor | None = None) -> Tensor:
+                   prompt_actions: Tensor | None = None, window_hop: int = 1) -> Tensor:
     """Generate one frame of tokens per action.
 
     prompt: (b, t0, h, w) token ids of the prompt frames. prompt_actions: (b, t0-1) actions between
         prompt frames (required when t0 > 1). actions: (b, T) actions a_{t0-1}..a_{t0+T-2}: the i-th
         leads from the last frame so far to new frame i.
+    window_hop: past the model's `num_frames`, how many frames the context window drops at once. 1 (Genie's
+        sliding window) keeps the last num_frames - 1 frames for every new frame and so rebuilds the cache
+        each frame; k > 1 lets the context shrink to num_frames - k frames, then grow back one frame at a
+        time on the cache, so the cache is rebuilt once every k frames.
     Returns (b, t0 + T, h, w) tokens: the prompt followed by the T generated frames.
     """
     b, t0, h, w = prompt.shape
@@ -38,12 +42,17 @@ def rollout_tokens(dynamics, prompt: Tensor, actions: Tensor, *, steps: int = 25
     frames = [prompt[:, i] for i in range(t0)]  # list of (b, h, w)
     all_actions = torch.cat([past_actions, actions], dim=1)  # (b, t0 - 1 + T)
     window = dynamics.config.num_frames
+    if not 1 <= window_hop <= window - 1:
+        raise ValueError(f"window_hop must be in [1, {window - 1}], got {window_hop}")
     mask_id = dynamics.mask_id
 
-    cache, cached_from = None, 0  # the cache holds frames[cached_from:]
+    def context_start(t_new: int, start: int) -> int:  # first context frame for new frame t_new
+        return t_new - (window - window_hop) if t_new - start > window - 1 else start
+
+    cache, cached_from, start = None, 0, 0  # the cache holds frames[cached_from:]
     for i in range(T):
         t_new = t0 + i  # index of the frame being generated
-        start = max(0, t_new - (window - 1))  # context frames[start:t_new]
+        start = context_start(t_new, start)  # context frames[start:t_new]
         ctx_actions = all_actions[:, start:t_new]  # actions leading to frames start+1..t_new
         if use_cache:
             if cache is None or start != cached_from:  # first frame, or the window slid: rebuild
@@ -64,7 +73,7 @@ def rollout_tokens(dynamics, prompt: Tensor, actions: Tensor, *, steps: int = 25
         new = maskgit_decode(logits_fn, n, mask_id=mask_id, batch_size=b, steps=steps, temperature=temperature,
                              unmask=unmask, generator=generator, device=prompt.device).view(b, h, w)
         frames.append(new)
-        next_start = max(0, t_new + 1 - (window - 1))
+        next_start = context_start(t_new + 1, start)
         if use_cache and i + 1 < T and next_start == cached_from:
             # the window did not slide: commit the finished frame to the cache (one frame of compute)
             _, cache = dynamics(new[:, None], ctx_actions, cache=cache, return_cache=True)

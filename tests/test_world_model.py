@@ -153,3 +153,32 @@ def test_generate_non_square_64x48(tmp_path):
     save_export(LatentActionModel(LatentActionConfig.preset("debug")).eval(), tmp_path / "lam64", "lam")
     with pytest.raises(GenieInputError, match="LAM frames 64×64px×3 != tokenizer frames 64×48px×3"):
         WorldModel.assemble(tmp_path / "tokenizer", tmp_path / "lam64", tmp_path / "dynamics", tmp_path / "bad2")
+
+
+def test_window_hop_rebuilds_the_cache_less_often_and_matches_the_uncached_sampler():
+    torch.manual_seed(1)
+    dyn = DynamicsModel(DynamicsConfig.preset("debug")).eval()  # num_frames 4
+    prompt = torch.randint(0, 32, (2, 1, 8, 8))
+    actions = torch.randint(0, 8, (2, 9))
+    calls = []
+    forward = dyn.forward
+
+    def counting(tokens, *args, **kwargs):
+        calls.append((tokens.shape[1], kwargs.get("cache") is not None))
+        return forward(tokens, *args, **kwargs)
+
+    dyn.forward = counting
+    rebuilds = {}
+    for hop in (1, 2, 3):
+        outs = []
+        for cached in (True, False):
+            calls.clear()
+            outs.append(rollout_tokens(dyn, prompt, actions, steps=3, generator=torch.Generator().manual_seed(5),
+                                       use_cache=cached, window_hop=hop))
+            if cached:  # a forward without a cache over several context frames is a rebuild
+                rebuilds[hop] = sum(1 for t, with_cache in calls if not with_cache)
+        assert torch.equal(outs[0], outs[1]), hop
+    # 9 new frames, window 4: hop 1 rebuilds for every frame once the context is full; hop k once every k frames
+    assert rebuilds[1] == 7 and rebuilds[2] == 4 and rebuilds[3] == 3, rebuilds
+    with pytest.raises(ValueError, match="window_hop"):
+        rollout_tokens(dyn, prompt, actions, steps=2, window_hop=4)
