@@ -294,6 +294,9 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
             "rollout_psnr_db": [float(x) for x in ps.mean(0)], "rollout_ssim": [float(x) for x in ss.mean(0)],
             "copy_last_frame_psnr_db": [float(x) for x in base.mean(0)],
             "above_baseline_every_step": bool((ps.mean(0) > base.mean(0)).all()),
+            "rollout_mean_psnr_db": float(ps.mean()), "copy_last_frame_mean_psnr_db": float(base.mean()),
+            # per clip: mean rollout PSNR over the horizon minus the copy-last-frame one, with a 95% interval
+            "mean_psnr_minus_copy_last_db": mean_ci95((ps.mean(1) - base.mean(1)).numpy()),
             f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
     if fvd is not None:
         res["fvd"] = fvd
@@ -414,6 +417,11 @@ def markdown_table(res: dict) -> str:
     if isinstance(w, dict):
         rows.append("| world model | rollout PSNR per step | " + ", ".join(f"{x:.2f}" for x in w["rollout_psnr_db"]) + " |")
         rows.append("| world model | copy-last-frame PSNR | " + ", ".join(f"{x:.2f}" for x in w["copy_last_frame_psnr_db"]) + " |")
+        if "mean_psnr_minus_copy_last_db" in w:
+            d = w["mean_psnr_minus_copy_last_db"]
+            rows.append(f"| world model | mean rollout / copy-last PSNR ({w['horizon']} steps) | {w['rollout_mean_psnr_db']:.2f} / "
+                        f"{w['copy_last_frame_mean_psnr_db']:.2f} dB, difference {d['mean']:+.2f} dB, 95% CI "
+                        f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']}) |")
         key = next(k for k in w if k.startswith("delta_t_psnr"))
         d = w[key]
         rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")

@@ -141,3 +141,18 @@ def test_probe_on_a_lam_export_alone(world, tmp_path):  # noqa: F811
     assert not torch.equal(r0[:, 1:], r5[:, 1:])
     p = run_genie("probe", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "p2")
     assert p.returncode == 2 and "LAM export" in p.stderr
+
+
+def test_mean_rollout_against_copy_last_is_reported_with_an_interval(world, tmp_path):  # noqa: F811
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:
+        for e in range(2):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    res = evaluate(world / "world", data, split="test", num_clips=4, seed=0, steps=2, horizon=3, progress=False)
+    wm = res["world_model"]
+    d = wm["mean_psnr_minus_copy_last_db"]
+    assert d["n"] == 4
+    assert np.isclose(wm["rollout_mean_psnr_db"], np.mean(wm["rollout_psnr_db"]), atol=1e-4)
+    assert np.isclose(d["mean"], wm["rollout_mean_psnr_db"] - wm["copy_last_frame_mean_psnr_db"], atol=1e-4)
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
