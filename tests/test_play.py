@@ -48,14 +48,18 @@ def play_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(world, play_data):  # noqa: F811
-    """The play server in a thread, as `genie play` runs it, on a free port of 127.0.0.1."""
-    from genie.play import LOOPBACK_NAMES, bind, create_app, load_player, uvicorn_server
+    """The play server as `genie play` runs it (uvicorn in one thread, the model's ModelRunner in another),
+    on a free port of 127.0.0.1."""
+    from genie.play import LOOPBACK_NAMES, ModelRunner, bind, create_app, load_player, uvicorn_server
 
     player = load_player(world / "world", device="cpu", steps=STEPS, data=play_data, warmup=False)
     sock = bind("127.0.0.1", 0)
-    srv = uvicorn_server(create_app(player, allowed_hosts=LOOPBACK_NAMES))
+    runner, stop = ModelRunner(), threading.Event()
+    srv = uvicorn_server(create_app(player, allowed_hosts=LOOPBACK_NAMES, runner=runner))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    model_thread = threading.Thread(target=runner.run_until, args=(stop.is_set,), daemon=True)
     thread.start()
+    model_thread.start()
     deadline = time.monotonic() + 20
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -63,7 +67,9 @@ def server(world, play_data):  # noqa: F811
     port = sock.getsockname()[1]
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, player=player)
     srv.should_exit = True
+    stop.set()
     thread.join(10)
+    model_thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -419,5 +425,6 @@ def test_command_serves_and_warns_when_not_on_loopback(world):  # noqa: F811
         assert r.status == 200 and json.loads(r.read())["steps"] == 2
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=20)
     assert "genie: warning: --host 0.0.0.0" in err and "Traceback" not in err
+    assert proc.returncode == 0 and "genie play: stopped" in out  # SIGTERM stops it cleanly
