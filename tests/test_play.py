@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import ROOT, coded_episode, run_genie, stderr_line
 from tests.test_world_model import world  # noqa: F401  (the debug-preset world model, module-scoped)
 
-MISSING = [m for m in ("starlette", "uvicorn", "websockets", "playwright") if importlib.util.find_spec(m) is None]
+MISSING = [m for m in ("starlette", "uvicorn", "websockets") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"genie play's packages are not installed ({', '.join(MISSING)}): "
                                                       f"pip install -e \".[dev]\"")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -74,6 +74,8 @@ def server(world, play_data):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def browser():
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("Playwright for Python is not installed: pip install -e \".[dev]\"")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (Playwright's own browser download "
                     f"is not used)")
