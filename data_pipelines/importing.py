@@ -13,9 +13,12 @@ and what was added or dropped.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from data_pipelines.errors import GenieInputError
@@ -36,12 +39,35 @@ def _crop_note(plan: dict, files: int) -> str | None:
     return None
 
 
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise VideoDecodeError when the body runs longer than `seconds` (SIGALRM; only in the main thread of a
+    Unix process, elsewhere no limit). The alarm fires between Python bytecodes, so a decoder stuck inside one
+    C call is stopped when that call returns."""
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise VideoDecodeError(f"decoding took longer than {seconds:g} s (--decode-timeout)")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def import_videos(videos: str | Path, out: str | Path, *, resolution: int | str | tuple[int, int] = 64,
                   fit: str = "pad", val_fraction: float = 0.05, test_fraction: float = 0.05, overwrite: bool = False,
                   chunk_len: int = DEFAULT_CHUNK_LEN, parquet: bool = False, backend: str = "auto",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, decode_timeout: float = 120.0) -> dict:
     """Import every video under `videos` into a dataset at `out`. `resolution`: an int (square), a
-    (height, width) pair, or the command line's text 'N' / 'WIDTHxHEIGHT'."""
+    (height, width) pair, or the command line's text 'N' / 'WIDTHxHEIGHT'. A file whose header or frames take
+    longer than `decode_timeout` seconds to decode is skipped and named like an unreadable one."""
     H, W = parse_resolution(resolution)
     if fit not in FITS:
         raise GenieInputError(f"--fit must be one of {', '.join(FITS)}, got {fit!r}")
@@ -58,7 +84,8 @@ def import_videos(videos: str | Path, out: str | Path, *, resolution: int | str 
     readable = []
     for f in files:  # headers only: splits are assigned among the files that open
         try:
-            probe_video(f)
+            with time_limit(decode_timeout):
+                probe_video(f)
             readable.append(f)
         except VideoDecodeError as e:
             skip(f, str(e))
@@ -82,7 +109,8 @@ def import_videos(videos: str | Path, out: str | Path, *, resolution: int | str 
         for f in it:
             rel = f.relative_to(root).as_posix()
             try:
-                arr, src = read_video_fitted(f, (H, W), fit=fit, backend=backend)
+                with time_limit(decode_timeout):
+                    arr, src = read_video_fitted(f, (H, W), fit=fit, backend=backend)
             except VideoDecodeError as e:
                 skip(f, str(e))
                 continue

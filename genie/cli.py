@@ -40,7 +40,7 @@ def _cmd_import(a: argparse.Namespace) -> None:
 
     s = import_videos(a.videos, a.out, resolution=a.resolution, fit=a.fit, val_fraction=a.val_fraction,
                       test_fraction=a.test_fraction, overwrite=a.overwrite, chunk_len=a.chunk_len,
-                      parquet=a.parquet, progress=not a.quiet)
+                      parquet=a.parquet, progress=not a.quiet, decode_timeout=a.decode_timeout)
     splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
     print(f"imported {s['imported']} videos, {s['frames']} frames in {s['seconds']:.1f} s → {s['path']} [{splits}]; "
           f"skipped {len(s['skipped'])} unreadable"
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how frames of another aspect reach that size: pad (default) letterboxes the whole frame "
                         "with black bars; crop cuts the centre and reports the rows/columns dropped; stretch "
                         "scales each axis on its own")
+    i.add_argument("--decode-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="skip (and name) a file whose decoding takes longer than this; 0 = no limit")
     common_out(i)
     i.set_defaults(func=_cmd_import)
 

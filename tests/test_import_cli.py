@@ -224,3 +224,30 @@ def test_small_folders_always_get_held_out_files(tmp_path, n, expected):
         assert s["splits"] == expected
     direct = {split: len(VideoFolderClipDataset(d, split, clip_len=2, resolution=32).files) for split in s["splits"]}
     assert direct == s["splits"]  # reading the folder directly gives the same split sizes
+
+
+def test_a_file_that_decodes_too_long_is_skipped_and_named(tmp_path, monkeypatch, capsys):
+    """A per-file decode timeout: a decoder that hangs on one file costs that file, not the import."""
+    import time as _time
+
+    import data_pipelines.importing as imp
+    from tests.conftest import smooth_frames, write_video
+
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4", "slow.mp4"):
+        write_video(videos / name, smooth_frames(6, 32, 32))
+    real = imp.read_video_fitted
+
+    def hanging(path, *args, **kwargs):
+        if path.name == "slow.mp4":
+            _time.sleep(30)  # interrupted by the 0.5 s limit
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imp, "read_video_fitted", hanging)
+    t = _time.perf_counter()
+    s = imp.import_videos(videos, tmp_path / "out", resolution=32, decode_timeout=0.5, progress=False,
+                          val_fraction=0, test_fraction=0)
+    assert _time.perf_counter() - t < 20
+    assert s["imported"] == 2 and [r for r, _ in s["skipped"]] == ["slow.mp4"]
+    assert "longer than 0.5 s" in s["skipped"][0][1] and "slow.mp4" in capsys.readouterr().err
