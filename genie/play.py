@@ -714,7 +714,7 @@ def load_player(model: str | Path, *, device: str = "auto", steps: int = 8, temp
                     keymap=km, model_dir=str(model), idle_timeout=idle_timeout)
     if warmup:  # the first generation pays one-off costs (allocator, kernels): not the player's first key
         s = Session(id="warmup", steps=steps, temperature=temperature)
-        player.set_prompt(s, prompts[0] if prompts else np.zeros((wm.image_size, wm.image_size, 3), np.uint8), "warm-up")
+        player.set_prompt(s, prompts[0] if prompts else np.zeros((*wm.frame_size, 3), np.uint8), "warm-up")
         player.step(s, 0)
     return player
 
