@@ -6,11 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import StageConfig, check_image_size, frame_hw
+from genie.nn.config import PatchGridConfig, StageConfig, check_image_size
 
 
 @dataclass
-class LatentActionConfig(StageConfig):
+class LatentActionConfig(PatchGridConfig, StageConfig):
     """Sizes of the latent action model. Defaults are the Genie CoinRun case study (App. F), except
     `num_actions=8`, the |A| of Genie §2.2 (the CoinRun case study used 6: preset "coinrun-paper").
 
@@ -90,31 +90,6 @@ class LatentActionConfig(StageConfig):
             raise ValueError(f"decoder_motion must be true or false, got {self.decoder_motion!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        """(H, W) of a frame in pixels."""
-        return frame_hw(self.image_size)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(h, w) = (H / patch_size, W / patch_size), the patches of a frame."""
-        H, W = self.frame_size
-        return H // self.patch_size, W // self.patch_size
-
-    @property
-    def grid_size(self) -> int:
-        """Patches per side of a square frame (h = w); use `grid` for frames of any shape."""
-        h, w = self.grid
-        if h != w:
-            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
-        return h
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """n = h * w."""
-        h, w = self.grid
-        return h * w
 
 
 PRESETS: dict[str, dict[str, Any]] = {

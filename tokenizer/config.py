@@ -7,13 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import StageConfig, check_image_size, frame_hw
+from genie.nn.config import PatchGridConfig, StageConfig, check_image_size
 
 QUANTIZERS = ("vq", "fsq")
 
 
 @dataclass
-class TokenizerConfig(StageConfig):
+class TokenizerConfig(PatchGridConfig, StageConfig):
     """Sizes of the video tokenizer. Defaults are the Genie CoinRun case study (App. F).
 
     `codebook_size` is the number of token ids downstream stages see. With quantizer="fsq" it must
@@ -84,31 +84,6 @@ class TokenizerConfig(StageConfig):
                 f"codebook_size ({self.codebook_size}) must equal the product of fsq_levels "
                 f"{list(self.fsq_levels)} = {math.prod(self.fsq_levels)} when quantizer='fsq'"
             )
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        """(H, W) of a frame in pixels."""
-        return frame_hw(self.image_size)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(h, w) = (H / patch_size, W / patch_size), the tokens of a frame."""
-        H, W = self.frame_size
-        return H // self.patch_size, W // self.patch_size
-
-    @property
-    def grid_size(self) -> int:
-        """Tokens per side of a square frame (h = w); use `grid` for frames of any shape."""
-        h, w = self.grid
-        if h != w:
-            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
-        return h
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """n = h * w."""
-        h, w = self.grid
-        return h * w
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -34,6 +34,35 @@ def format_hw(image_size: int | tuple[int, int] | list[int]) -> str:
     return f"{w}×{h}"
 
 
+class PatchGridConfig:
+    """Mixin for configs with `image_size` (int or (H, W)) and `patch_size`: the frame's patch grid."""
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of a frame in pixels."""
+        return frame_hw(self.image_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) = (H / patch_size, W / patch_size): the patches (tokens) of a frame."""
+        H, W = self.frame_size
+        return H // self.patch_size, W // self.patch_size
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of a square frame (h = w); use `grid` for frames of any shape."""
+        h, w = self.grid
+        if h != w:
+            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
+        return h
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """n = h * w."""
+        h, w = self.grid
+        return h * w
+
+
 class StageConfig:
     """Mixin for the stage config dataclasses. Presets live in the config module's `PRESETS` dict;
     `PRESET_KIND` names the stage in error messages."""
