@@ -157,7 +157,7 @@ def upload_type(content_type: str | None) -> str:
 
 
 def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.ndarray:
-    """An uploaded PNG/JPEG → uint8 (H, W, 3) centre-cropped and resized to the model's size, as
+    """An uploaded PNG/JPEG → uint8 (H, W, 3) letterboxed (fit pad) and resized to the model's size, as
     `genie generate` reads a prompt (genie.video_io.read_prompt). Raises PlayRequestError 413/415/400."""
     from PIL import Image, UnidentifiedImageError
 
@@ -181,7 +181,7 @@ def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.
         raise PlayRequestError(400, f"the upload is not a readable {UPLOAD_TYPES[ctype]} image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated or corrupt data
         raise PlayRequestError(400, f"unreadable {UPLOAD_TYPES[ctype]} image ({str(e).splitlines()[0][:120]})") from None
-    return resize_frames(rgb[None], image_size)[0]
+    return resize_frames(rgb[None], image_size, "pad")[0]
 
 
 def png_bytes(frame: np.ndarray) -> bytes:
