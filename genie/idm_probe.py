@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from data_pipelines.atomic import atomic_file, write_text
 from data_pipelines.clips import ClipDataset
 from data_pipelines.errors import GenieInputError
 from data_pipelines.storage import read_card
@@ -99,17 +99,6 @@ def _card_hash(card: dict) -> str:
 def _cache_key(data: Path, card: dict, settings: ProbeSettings, seed: int) -> dict:
     return {"probe_version": PROBE_VERSION, "data": str(data.resolve()), "card_sha256": _card_hash(card),
             "split": "train", "settings": dataclasses.asdict(settings), "seed": seed}
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _lr(settings: ProbeSettings, step: int, seconds: float) -> float:
@@ -191,10 +180,11 @@ def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, se
     try:
         cache.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        _write_atomic(weights, lambda tmp: save_file(state, tmp))
-        _write_atomic(meta, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "info": info}, indent=2)))
+        with atomic_file(weights) as tmp:
+            save_file(state, str(tmp))
+        write_text(meta, json.dumps({"key": key, "info": info}, indent=2))
         info["cache_file"] = str(weights)
-    except OSError as e:
+    except (OSError, GenieInputError) as e:  # a cache that cannot be written costs a retrain next time, no more
         info["cache_file"] = f"not written: {e}"
     return model, {**info, "cached": False}
 
