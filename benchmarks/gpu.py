@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 from benchmarks.run_all import COMPARISON  # noqa: E402
 from benchmarks.train_speed import build, loss_fn, make_batch  # noqa: E402
-from genie.device import generator_for, resolve_device  # noqa: E402
+from genie.core.device import generator_for, resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}

@@ -60,7 +60,7 @@ def loss_fn(stage: str, model, batch):
     tokens, actions = batch
     from dynamics.maskgit import training_mask
 
-    from genie.device import generator_for
+    from genie.core.device import generator_for
 
     mask = training_mask(tokens.shape, keep_first_frames=1, generator=generator_for(tokens.device, 0), device=tokens.device)
     logits = model(tokens.masked_fill(mask, model.mask_id), actions)

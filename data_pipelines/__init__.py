@@ -4,7 +4,7 @@ Imports no model package (DESIGN §3). The DataModule lives in `data_pipelines.d
 """
 
 from data_pipelines.clips import ClipDataset, StreamingClipDataset, VideoFolderClipDataset, frames_to_video, video_to_frames
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter, Episode, info, load_split, read_card
 
 __all__ = ["ClipDataset", "StreamingClipDataset", "VideoFolderClipDataset", "frames_to_video", "video_to_frames",

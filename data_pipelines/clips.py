@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import SPLITS, iter_episodes, load_split, read_card
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import DEFAULT_CHUNK_LEN, DatasetWriter, Episode
 
 NUM_ACTIONS = 15

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_pipelines.clips import ClipDataset, StreamingClipDataset, VideoFolderClipDataset
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import CARD_NAME
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import DEFAULT_CHUNK_LEN, DatasetWriter, Episode
 from data_pipelines.video import (FITS, VideoDecodeError, assign_splits, fit_plan, list_videos, parse_resolution,
                                   probe_video, read_video_fitted)

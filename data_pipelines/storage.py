@@ -41,8 +41,8 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from data_pipelines.atomic import disk_full_error, is_disk_full, replace_dir
-from data_pipelines.errors import GenieInputError
+from genie.core.atomic import disk_full_error, is_disk_full, replace_dir
+from genie.core.errors import GenieInputError
 
 FORMAT_NAME = "genie-video-dataset"
 TOKEN_FORMAT_NAME = "genie-token-dataset"  # same layout; `frames` holds uint16 token ids (n, h, w, 1)

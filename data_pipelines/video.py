@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".gif")
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import StageConfig
+from genie.core.config import StageConfig
 
 ACTION_CONDITIONINGS = ("additive", "token")
 

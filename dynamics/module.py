@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from dynamics.config import DynamicsConfig
 from dynamics.maskgit import training_mask
 from dynamics.model import DynamicsModel
-from genie.device import generator_for
+from genie.core.device import generator_for
 from genie.training import GenieModule
 
 

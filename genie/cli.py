@@ -11,8 +11,8 @@ import json
 import re
 import sys
 
-from data_pipelines import atomic
-from data_pipelines.errors import GenieInputError
+from genie.core import atomic
+from genie.core.errors import GenieInputError
 
 
 def _human_bytes(n: float) -> str:
@@ -108,7 +108,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
     from data_pipelines.clips import frames_to_video, video_to_frames
-    from genie.device import resolve_device, to_device
+    from genie.core.device import resolve_device, to_device
     from genie.video_io import check_output_path, read_prompt, write_clip
     from genie.world_model import WorldModel
 

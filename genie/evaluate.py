@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from data_pipelines.clips import ClipDataset
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import pick_split
-from genie.device import generator_for, resolve_device, to_device
+from genie.core.device import generator_for, resolve_device, to_device
 from genie.distributed import process_state
-from genie.metrics import normalized_mutual_info, psnr
+from genie.core.metrics import normalized_mutual_info, psnr
 
 
 def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from data_pipelines.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside
-from data_pipelines.errors import GenieInputError
+from genie.core.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside
+from genie.core.errors import GenieInputError
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 

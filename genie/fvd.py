@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 
 I3D_SIZE = 224
 

@@ -30,9 +30,9 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from data_pipelines.atomic import atomic_file, write_text
+from genie.core.atomic import atomic_file, write_text
 from data_pipelines.clips import ClipDataset
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import read_card
 
 PROBE_VERSION = 2  # bump when the architecture or training changes: old cache entries are then ignored

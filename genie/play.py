@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from data_pipelines.clips import frames_to_video, video_to_frames
-from data_pipelines.errors import GenieInputError
-from genie.device import resolve_device
+from genie.core.errors import GenieInputError
+from genie.core.device import resolve_device
 from genie.world_model import GenieState, WorldModel
 
 STATIC_DIR = Path(__file__).with_name("play_static")

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipelines import atomic
+from genie.core import atomic
 from data_pipelines.clips import ClipDataset, video_to_frames
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import pick_split
-from genie.device import resolve_device, to_device
+from genie.core.device import resolve_device, to_device
 
 
 def _upscale(img: np.ndarray, s: int) -> np.ndarray:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines import atomic
-from data_pipelines.errors import GenieInputError
-from genie.device import resolve_device
+from genie.core import atomic
+from genie.core.errors import GenieInputError
+from genie.core.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from data_pipelines.clips import ClipDataset, frames_to_video
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, read_card
-from genie.device import resolve_device, to_device
+from genie.core.device import resolve_device, to_device
 from genie.distributed import process_state
 from genie.export import load_export
-from genie.nn.config import format_hw
+from genie.core.config import format_hw
 
 
 @torch.no_grad()

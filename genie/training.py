@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from data_pipelines.atomic import atomic_file
+from genie.core.atomic import atomic_file
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 
 
 class GenieModule(L.LightningModule):

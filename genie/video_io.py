@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_file
-from data_pipelines.errors import GenieInputError
+from genie.core.atomic import atomic_file
+from genie.core.errors import GenieInputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OUTPUT_EXTENSIONS = (".mp4", ".gif")

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from data_pipelines.atomic import replace_dir, temp_dir_beside
-from data_pipelines.errors import GenieInputError
-from genie.nn.config import format_hw
-from genie.device import generator_for
+from genie.core.atomic import replace_dir, temp_dir_beside
+from genie.core.errors import GenieInputError
+from genie.core.config import format_hw
+from genie.core.device import generator_for
 from genie.export import load_export
 from genie.sampling import decode_tokens, rollout_tokens
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import PatchGridConfig, StageConfig, check_image_size
+from genie.core.config import PatchGridConfig, StageConfig, check_image_size
 
 
 @dataclass

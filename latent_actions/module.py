@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genie.device import generator_for
-from genie.metrics import normalized_mutual_info, psnr
+from genie.core.device import generator_for
+from genie.core.metrics import normalized_mutual_info, psnr
 from genie.nn import codebook_usage
 from genie.training import GenieModule
 from latent_actions.config import LatentActionConfig

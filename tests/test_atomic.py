@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipelines import atomic
+from genie.core import atomic
 from data_pipelines.storage import DatasetWriter
 from tests.conftest import ROOT, coded_episode
 

@@ -7,8 +7,8 @@ import ast
 import pytest
 import torch
 
-from data_pipelines.errors import GenieInputError
-from genie.device import generator_for, resolve_device
+from genie.core.errors import GenieInputError
+from genie.core.device import generator_for, resolve_device
 from tests.conftest import ROOT, run_genie, stderr_line
 from tests.test_world_model import world  # noqa: F401  (fixture)
 

@@ -10,7 +10,7 @@ import torch
 
 from data_pipelines.storage import DatasetWriter
 from genie.evaluate import evaluate, linear_probe_accuracy, mean_ci95
-from genie.metrics import normalized_mutual_info, psnr
+from genie.core.metrics import normalized_mutual_info, psnr
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter
 from genie.evaluate import evaluate, markdown_table
 from genie.fvd import I3D, frechet_distance, i3d_features, load_i3d, same_pad

@@ -386,7 +386,7 @@ def test_foreign_origin_oversized_frames_and_idle_sessions(server):
 
 
 def test_keymap_names_the_buttons_and_arrows(world, tmp_path):  # noqa: F811
-    from data_pipelines.errors import GenieInputError
+    from genie.core.errors import GenieInputError
     from genie.play import controls, load_player
 
     km = {0: "NOOP", 1: "LEFT+UP", 2: "RIGHT", 3: None, 4: "LEFT", 5: "DOWN", 6: "UP", 7: "RIGHT+DOWN"}

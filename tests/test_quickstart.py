@@ -27,7 +27,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
 
 def test_pretrained_without_committed_models_is_a_clear_error_before_anything_is_written(tmp_path, monkeypatch):
     import genie.quickstart as qs
-    from data_pipelines.errors import GenieInputError
+    from genie.core.errors import GenieInputError
 
     monkeypatch.setattr(qs, "PRETRAINED", tmp_path / "empty")
     with pytest.raises(GenieInputError, match="tokenizer, lam, dynamics"):

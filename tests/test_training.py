@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter
 from genie.export import load_export, save_export
 from tests.conftest import ROOT, coded_episode, run_genie, stderr_line

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 from dynamics.config import DynamicsConfig
 from dynamics.model import DynamicsModel
 from genie.export import save_export

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from genie.nn.config import PatchGridConfig, StageConfig, check_image_size
+from genie.core.config import PatchGridConfig, StageConfig, check_image_size
 
 QUANTIZERS = ("vq", "fsq")
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 
 # Test hook: GENIE_TEST_STALL_WRITE=NAME[:K] makes the K-th (default first) write of a file or folder
 # called NAME in this process stop half-way and hang, so a test can SIGKILL it in the middle of a write.

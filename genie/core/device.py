@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from data_pipelines.errors import GenieInputError
+from genie.core.errors import GenieInputError
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
