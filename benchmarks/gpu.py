@@ -34,9 +34,9 @@ from benchmarks.common import save  # noqa: E402
 from benchmarks.run_all import COMPARISON  # noqa: E402
 from benchmarks.train_speed import build, loss_fn, make_batch  # noqa: E402
 from genie.core.device import generator_for, resolve_device  # noqa: E402
+from genie.core.registry import STAGES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}
 
 
 def sync(dev: torch.device) -> None:
@@ -123,7 +123,7 @@ def train_loop(stage: str, preset: str, dev: torch.device, b: int, t: int, steps
     accel = ["--trainer.accelerator", "gpu", "--trainer.devices", f"[{dev.index or 0}]", "--trainer.precision",
              "bf16-mixed", "--data.num_workers", "6"] if dev.type == "cuda" else \
         ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--data.num_workers", "0"]
-    cmd = [sys.executable, "-m", "genie", "train", stage, "--config", str(ROOT / "configs" / CONFIG_DIRS[stage] / f"{preset}.yaml"),
+    cmd = [sys.executable, "-m", "genie", "train", stage, "--config", str(ROOT / "configs" / STAGES[stage].package / f"{preset}.yaml"),
            "--data.data", str(data), "--trainer.default_root_dir", str(run), "--trainer.max_steps", str(steps),
            "--trainer.max_time", "null", "--trainer.limit_val_batches", "0", "--trainer.val_check_interval", str(steps),
            "--trainer.enable_progress_bar", "false", "--data.batch_size", str(b), "--data.clip_len", str(t), *accel]
@@ -189,7 +189,7 @@ def main() -> None:
              "(of bare) |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="genie-gpu-bench-") as tmp:
         for name, preset, over in settings:
-            for stage in ("tokenizer", "lam", "dynamics"):
+            for stage in STAGES:
                 if name == "comparison" and stage == "lam":
                     continue  # the comparison setting covers the tokenizer and the dynamics model
                 stage_over = dict(o.split("=") for o in COMPARISON["dynamics"]) if (name == "comparison" and stage == "dynamics") \

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from genie.core.registry import STAGES
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 COMPARISON = {
@@ -36,7 +38,7 @@ def main() -> None:
     bf16 = ["--skip-bf16"] if a.quick else []
     if not a.quick:
         run("benchmarks/data.py")
-    for stage in ("tokenizer", "lam", "dynamics"):
+    for stage in STAGES:
         run("benchmarks/train_speed.py", "--stage", stage, "--preset", "cpu", *bf16)
     for stage, over in COMPARISON.items():
         run("benchmarks/train_speed.py", "--stage", stage, "--preset", "cpu", "--batch", "4", "--frames", "16",

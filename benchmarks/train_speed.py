@@ -23,6 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.common import save  # noqa: E402
+from genie.core.registry import STAGES  # noqa: E402
+from genie.stages import stage_class  # noqa: E402
 
 
 def matmul_rate(dtype: torch.dtype, n: int, reps: int) -> float:
@@ -35,15 +37,7 @@ def matmul_rate(dtype: torch.dtype, n: int, reps: int) -> float:
 
 
 def build(stage: str, preset: str, over: dict):
-    if stage == "tokenizer":
-        from tokenizer.config import TokenizerConfig as C
-        from tokenizer.model import VideoTokenizer as M
-    elif stage == "lam":
-        from latent_actions.config import LatentActionConfig as C
-        from latent_actions.model import LatentActionModel as M
-    else:
-        from dynamics.config import DynamicsConfig as C
-        from dynamics.model import DynamicsModel as M
+    C, M = stage_class(stage, "config"), stage_class(stage, "model")
     base = C.preset(preset)
     typed = {k: (tuple(int(x) for x in v.split("x")) if isinstance(getattr(base, k), tuple) else type(getattr(base, k))(v))
              for k, v in over.items()}
@@ -123,7 +117,7 @@ def codec_rate(model, x) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["tokenizer", "lam", "dynamics"], default="tokenizer")
+    ap.add_argument("--stage", choices=list(STAGES), default="tokenizer")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--frames", type=int, default=16)

@@ -23,7 +23,7 @@ from dynamics.config import DynamicsConfig
 from dynamics.maskgit import training_mask
 from dynamics.model import DynamicsModel
 from genie.core.device import generator_for
-from genie.training import GenieModule
+from genie.core.training import GenieModule
 
 
 class DynamicsModule(GenieModule):

@@ -13,6 +13,7 @@ import sys
 
 from genie.core import atomic
 from genie.core.errors import GenieInputError
+from genie.core.registry import STAGES
 
 
 def _human_bytes(n: float) -> str:
@@ -70,7 +71,7 @@ def _cmd_info(a: argparse.Namespace) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    from genie.training import run_train
+    from genie.train import run_train
 
     run_train(a.stage, a.args)
 
@@ -87,7 +88,7 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
-    from genie.training import export_checkpoint
+    from genie.train import export_checkpoint
 
     out = export_checkpoint(a.stage, a.ckpt, a.out)
     print(f"exported {a.stage} → {out}")
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--trainer.max_steps 100, --data.data DIR, --ckpt_path last, "
                                    "--trainer.devices 2 --trainer.strategy ddp. `genie train tokenizer --help` lists them.",
                        add_help=False)
-    t.add_argument("stage", choices=["tokenizer", "lam", "dynamics"])
+    t.add_argument("stage", choices=list(STAGES))
     t.add_argument("args", nargs=argparse.REMAINDER)
     t.set_defaults(func=_cmd_train)
 
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_cmd_tokenize)
 
     x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
-    x.add_argument("stage", choices=["tokenizer", "lam", "dynamics"])
+    x.add_argument("stage", choices=list(STAGES))
     x.add_argument("--ckpt", required=True, help="Lightning checkpoint, e.g. runs/tokenizer-cpu/checkpoints/last.ckpt")
     x.add_argument("--out", required=True, help="export folder")
     x.set_defaults(func=_cmd_export)

@@ -25,6 +25,7 @@ from data_pipelines.storage import pick_split
 from genie.core.device import generator_for, resolve_device, to_device
 from genie.distributed import process_state
 from genie.core.metrics import normalized_mutual_info, psnr
+from genie.core.registry import STAGES
 
 
 def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -326,11 +327,11 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     stages = {}
     if (p / "config.json").is_file():
         stage = json.loads((p / "config.json").read_text()).get("genie_stage")
-        if stage not in ("tokenizer", "lam", "dynamics"):
+        if stage not in STAGES:
             raise GenieInputError(f"{p}: not a genie export or world-model folder")
         stages[stage] = load_export(p, stage)
     else:
-        for stage in ("tokenizer", "lam", "dynamics"):
+        for stage in STAGES:
             if (p / stage).is_dir():
                 stages[stage] = load_export(p / stage, stage)
     if not stages:

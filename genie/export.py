@@ -11,79 +11,70 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from genie.core.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside
 from genie.core.errors import GenieInputError
+from genie.core.registry import STAGES
+from genie.stages import stage_class
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 
-
-def _stage_classes(stage: str):
-    """(ConfigCls, ModelCls) of a stage: its config dataclass and its plain nn.Module."""
-    if stage == "tokenizer":
-        from tokenizer.config import TokenizerConfig
-        from tokenizer.model import VideoTokenizer
-
-        return TokenizerConfig, VideoTokenizer
-    if stage == "lam":
-        from latent_actions.config import LatentActionConfig
-        from latent_actions.model import LatentActionModel
-
-        return LatentActionConfig, LatentActionModel
-    if stage == "dynamics":
-        from dynamics.config import DynamicsConfig
-        from dynamics.model import DynamicsModel
-
-        return DynamicsConfig, DynamicsModel
-    raise ValueError(f"unknown genie stage {stage!r}")
+hf_logging.disable_progress_bar()  # one bar per tiny file is noise on the command line
 
 
-@lru_cache(maxsize=None)
-def pretrained_classes(stage: str):
-    """`transformers` PretrainedConfig / PreTrainedModel pair for a stage (built once, lazily)."""
-    from transformers import PretrainedConfig, PreTrainedModel
-    from transformers.utils import logging as hf_logging
+class GenieStageConfig(PretrainedConfig):
+    """`config.json` of an export: the stage's own config dict (`genie_config`) and its name (`genie_stage`)."""
 
-    hf_logging.disable_progress_bar()  # one bar per tiny file is noise on the command line
-    config_cls, model_cls = _stage_classes(stage)
+    stage = ""  # set by each stage's subclass below
 
-    class GenieStageConfig(PretrainedConfig):
-        model_type = f"genie-{stage}"
+    def __init__(self, genie_config: dict | None = None, genie_stage: str | None = None, **kwargs):
+        self.genie_stage = genie_stage or self.stage
+        self.genie_config = genie_config if genie_config is not None else \
+            stage_class(self.genie_stage, "config")().to_dict()
+        super().__init__(**kwargs)
 
-        def __init__(self, genie_config: dict | None = None, genie_stage: str = stage, **kwargs):
-            self.genie_config = genie_config if genie_config is not None else config_cls().to_dict()
-            self.genie_stage = genie_stage
-            super().__init__(**kwargs)
 
-    class GenieStageModel(PreTrainedModel):
-        config_class = GenieStageConfig
-        base_model_prefix = "model"
-        main_input_name = "video"
+class GenieStagePreTrained(PreTrainedModel):
+    """The stage's plain nn.Module as `.model` (so the safetensors keys are `model.<its own names>`)."""
 
-        def __init__(self, config: GenieStageConfig):
-            super().__init__(config)
-            self.model = model_cls(config_cls.from_dict(config.genie_config))
-            self.post_init()
+    config_class = GenieStageConfig
+    base_model_prefix = "model"
+    main_input_name = "video"
 
-        def _init_weights(self, module: nn.Module) -> None:
-            pass  # each genie model initialises itself in its own `_init_weights`
+    def __init__(self, config: GenieStageConfig):
+        super().__init__(config)
+        config_cls = stage_class(config.genie_stage, "config")
+        self.model = stage_class(config.genie_stage, "model")(config_cls.from_dict(config.genie_config))
+        self.post_init()
 
-        def forward(self, *args, **kwargs):
-            return self.model(*args, **kwargs)
+    def _init_weights(self, module: nn.Module) -> None:
+        pass  # each genie model initialises itself in its own `_init_weights`
 
-    GenieStageConfig.__name__ = f"Genie{stage.capitalize()}Config"
-    GenieStageModel.__name__ = f"Genie{stage.capitalize()}PreTrained"
-    return GenieStageConfig, GenieStageModel
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+def _wrapper_classes(stage: str) -> tuple[type[GenieStageConfig], type[GenieStagePreTrained]]:
+    """The stage's pair of subclasses: their names and `model_type` are what every export's config.json records
+    ("GenieLamPreTrained", "genie-lam"), so they stay as the first exports wrote them."""
+    title = stage.capitalize()
+    config_cls = type(f"Genie{title}Config", (GenieStageConfig,), {"stage": stage, "model_type": f"genie-{stage}"})
+    model_cls = type(f"Genie{title}PreTrained", (GenieStagePreTrained,), {"config_class": config_cls})
+    return config_cls, model_cls
+
+
+WRAPPERS = {stage: _wrapper_classes(stage) for stage in STAGES}
 
 
 def save_export(model: nn.Module, out: str | os.PathLike, stage: str, extra: dict[str, Any] | None = None) -> Path:
     """Write `model` (a stage's plain nn.Module with a `.config`) to `out`, atomically (temp folder, rename)."""
-    cfg_cls, pre_cls = pretrained_classes(stage)
+    cfg_cls, pre_cls = WRAPPERS[stage]
     out = Path(out)
     try:
         tmp = temp_dir_beside(out)
@@ -105,6 +96,12 @@ def save_export(model: nn.Module, out: str | os.PathLike, stage: str, extra: dic
     return out
 
 
+def export_module(module, out: str | os.PathLike) -> Path:
+    """Export a stage's LightningModule (`genie.core.training.GenieModule`): its model, stage and global step."""
+    return save_export(module.model, out, module.stage,
+                       extra={"global_step": int(module.global_step), "stage": module.stage})
+
+
 def load_export(path: str | os.PathLike, stage: str) -> nn.Module:
     """The plain nn.Module of a stage from an export folder, in eval mode. Clear errors for bad folders."""
     p = Path(path)
@@ -120,10 +117,9 @@ def load_export(path: str | os.PathLike, stage: str) -> nn.Module:
     got = raw.get("genie_stage")
     if got != stage:
         raise GenieInputError(f"{p}: holds a {got or 'non-genie'} export, expected {stage}")
-    cfg_cls, pre_cls = pretrained_classes(stage)
-    config_cls, _ = _stage_classes(stage)
+    _, pre_cls = WRAPPERS[stage]
     try:
-        config_cls.from_dict(raw.get("genie_config") or {})
+        stage_class(stage, "config").from_dict(raw.get("genie_config") or {})
     except (TypeError, ValueError) as e:
         raise GenieInputError(f"{p / 'config.json'}: invalid {stage} config ({e})") from None
     try:

@@ -16,11 +16,11 @@ import torch
 from genie.core import atomic
 from genie.core.errors import GenieInputError
 from genie.core.device import resolve_device
+from genie.core.registry import STAGES
+from genie.stages import stage_class
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
-# share of the training budget per stage
-SHARES = {"tokenizer": 0.4, "lam": 0.2, "dynamics": 0.4}
 # Trainer settings per device type: fp32 on CPUs (bf16 matmuls are 50-150x slower on CPUs without
 # AMX/AVX512-BF16), bf16-mixed and GPU-sized batches (the 3-minute H200 runs of issue 11) on CUDA.
 HARDWARE = {
@@ -29,7 +29,6 @@ HARDWARE = {
 }
 RESERVE_MINUTES = 5.0  # evaluation, probe and sample clips at the end (3.9 min measured), and start-up
 STAGE_OVERHEAD_MINUTES = 0.3  # each training run: set-up before its timer starts, final validation and export
-CONFIG_DIRS = {"tokenizer": "tokenizer", "lam": "latent_actions", "dynamics": "dynamics"}
 
 
 def _hms(minutes: float) -> str:
@@ -58,14 +57,12 @@ def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, dev
     The time split between tokenising and dynamics training uses these rather than constants for one machine."""
     import yaml
 
-    from dynamics.config import DynamicsConfig
-    from dynamics.model import DynamicsModel
     from genie.export import load_export
 
     tok = load_export(tokenizer_dir, "tokenizer").to(device)
     lam = load_export(lam_dir, "lam").to(device)
     cfg = yaml.safe_load(dynamics_config.read_text())
-    dcfg = DynamicsConfig.from_dict(cfg["model"]["config"])
+    dcfg = stage_class("dynamics", "config").from_dict(cfg["model"]["config"])
     b = batch_size or cfg["data"].get("batch_size", 8)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -82,7 +79,7 @@ def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, dev
     video = torch.zeros(b, w, c, *tok.config.frame_size, device=device)
     with torch.no_grad(), autocast:
         tok_s = timed(lambda: (tok.encode(video), lam.infer_actions(video[:, :lam.config.num_frames])))
-    dyn = DynamicsModel(dcfg).to(device)
+    dyn = stage_class("dynamics", "model")(dcfg).to(device)
     opt = torch.optim.AdamW(dyn.parameters(), lr=1e-4)
     t = dcfg.num_frames
     tokens = torch.zeros(b, t, *dcfg.grid, dtype=torch.long, device=device)
@@ -139,20 +136,8 @@ def _stage_model(stage: str, config_yaml: Path, image_size: tuple[int, int], gri
     import yaml
 
     cfg = dict(yaml.safe_load(config_yaml.read_text())["model"]["config"])
-    if stage == "tokenizer":
-        from tokenizer.config import TokenizerConfig
-        from tokenizer.model import VideoTokenizer
-
-        return VideoTokenizer(TokenizerConfig.from_dict({**cfg, "image_size": list(image_size)}))
-    if stage == "lam":
-        from latent_actions.config import LatentActionConfig
-        from latent_actions.model import LatentActionModel
-
-        return LatentActionModel(LatentActionConfig.from_dict({**cfg, "image_size": list(image_size)}))
-    from dynamics.config import DynamicsConfig
-    from dynamics.model import DynamicsModel
-
-    return DynamicsModel(DynamicsConfig.from_dict({**cfg, "grid": list(grid)}))
+    size = {"grid": list(grid)} if STAGES[stage].data == "tokens" else {"image_size": list(image_size)}
+    return stage_class(stage, "model")(stage_class(stage, "config").from_dict({**cfg, **size}))
 
 
 def step_seconds(stage: str, config_yaml: Path, image_size: tuple[int, int], device: torch.device,
@@ -209,14 +194,14 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     from data_pipelines.storage import pick_split
     from genie.evaluate import evaluate, markdown_table
     from genie.probe import probe
-    from genie.training import run_train
+    from genie.train import run_train
     from genie.world_model import WorldModel
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     out = Path(out)
     if pretrained:
-        missing = [s for s in ("tokenizer", "lam", "dynamics") if not (PRETRAINED / s / "model.safetensors").is_file()]
+        missing = [s for s in STAGES if not (PRETRAINED / s / "model.safetensors").is_file()]
         if missing:
             raise GenieInputError(f"--pretrained: no committed {', '.join(missing)} model in {PRETRAINED} yet; "
                                   "run `genie quickstart` without it to train them")
@@ -275,14 +260,15 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         print(f"training on {dev} ({HARDWARE['cuda' if dev.type == 'cuda' else 'cpu']['precision']})")
         common = (["--trainer.enable_progress_bar", "false"] if tiny else []) + trainer_args(dev, tiny)
         batch = HARDWARE["cuda" if dev.type == "cuda" else "cpu"]["batch_size"]
-        yamls = {st: REPO / "configs" / CONFIG_DIRS[st] / f"{preset}.yaml" for st in CONFIG_DIRS}
+        yamls = {st: REPO / "configs" / spec.package / f"{preset}.yaml" for st, spec in STAGES.items()}
         import yaml
 
         tok_patch = yaml.safe_load(yamls["tokenizer"].read_text())["model"]["config"]["patch_size"]
         grid = (size[0] // tok_patch, size[1] // tok_patch)
-        size_args = {"tokenizer": ["--model.config.image_size", json.dumps(list(size))],
-                     "lam": ["--model.config.image_size", json.dumps(list(size))],
-                     "dynamics": ["--model.config.grid", json.dumps(list(grid))]} if size != (64, 64) else {}
+        # video stages take the frame size, the dynamics stage the token grid
+        size_args = {st: ["--model.config.grid", json.dumps(list(grid))] if spec.data == "tokens" else
+                     ["--model.config.image_size", json.dumps(list(size))]
+                     for st, spec in STAGES.items()} if size != (64, 64) else {}
 
         # a smoke run: CoinRun's 30 steps; a video folder's 16, validated every 4 (a 4-point curve, < 90 s in all)
         tiny_args = ["--trainer.max_steps", "30"] if videos is None else ["--trainer.max_steps", "16",
@@ -296,14 +282,14 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
             print(f"      validating every {every} steps")
             return ["--trainer.val_check_interval", str(every)]
 
-        for i, stage in enumerate(("tokenizer", "lam")):
-            print(f"[{2 + i}/6] training the {stage} ({preset} preset, ≤ {train_minutes * SHARES[stage]:.1f} min)")
+        for i, stage in enumerate(s for s, spec in STAGES.items() if spec.data == "video"):
+            print(f"[{2 + i}/6] training the {stage} ({preset} preset, ≤ {train_minutes * STAGES[stage].train_share:.1f} min)")
             runs[stage] = out / "runs" / stage
             extra = list(tiny_args) if tiny else []
-            extra += size_args.get(stage, []) + val_args(stage, train_minutes * SHARES[stage])
+            extra += size_args.get(stage, []) + val_args(stage, train_minutes * STAGES[stage].train_share)
             run_train(stage, ["--config", str(yamls[stage]),
                               "--data.data", str(data), "--trainer.default_root_dir", str(runs[stage]),
-                              "--trainer.max_time", _hms(train_minutes * SHARES[stage]), *extra, *common])
+                              "--trainer.max_time", _hms(train_minutes * STAGES[stage].train_share), *extra, *common])
         from data_pipelines.storage import read_card
         from genie.tokenize import tokenize_dataset
 

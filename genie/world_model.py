@@ -24,11 +24,9 @@ from genie.core.atomic import replace_dir, temp_dir_beside
 from genie.core.errors import GenieInputError
 from genie.core.config import format_hw
 from genie.core.device import generator_for
+from genie.core.registry import STAGES
 from genie.export import load_export
 from genie.sampling import decode_tokens, rollout_tokens
-
-STAGE_FOLDERS = {"tokenizer": "tokenizer", "lam": "lam", "dynamics": "dynamics"}
-
 
 def check_compatible(tokenizer, lam, dynamics) -> None:
     """Vocabularies, grids and resolutions must agree; a clear GenieInputError names the mismatch."""
@@ -72,17 +70,17 @@ class WorldModel(nn.Module):
         p = Path(path)
         if not p.is_dir():
             raise GenieInputError(f"{p}: no such world-model folder")
-        missing = [f for f in STAGE_FOLDERS.values() if not (p / f).is_dir()]
+        missing = [stage for stage in STAGES if not (p / stage).is_dir()]
         if missing:
             raise GenieInputError(f"{p}: not a world-model folder (missing {', '.join(missing)}/; "
                                   "make one with `genie assemble`)")
-        return cls(*(load_export(p / folder, stage) for stage, folder in STAGE_FOLDERS.items()))
+        return cls(*(load_export(p / stage, stage) for stage in STAGES))
 
     @staticmethod
     def assemble(tokenizer: str | os.PathLike, lam: str | os.PathLike, dynamics: str | os.PathLike,
                  out: str | os.PathLike, overwrite: bool = False) -> Path:
         """Check three exports fit together and copy them into one world-model folder (atomically)."""
-        srcs = {"tokenizer": Path(tokenizer), "lam": Path(lam), "dynamics": Path(dynamics)}
+        srcs = {stage: Path(src) for stage, src in zip(STAGES, (tokenizer, lam, dynamics))}
         models = {stage: load_export(src, stage) for stage, src in srcs.items()}
         check_compatible(models["tokenizer"], models["lam"], models["dynamics"])
         out = Path(out)
@@ -92,7 +90,7 @@ class WorldModel(nn.Module):
         tmp = temp_dir_beside(out)
         try:
             for stage, src in srcs.items():
-                shutil.copytree(src, tmp / STAGE_FOLDERS[stage])
+                shutil.copytree(src, tmp / stage)
             summary = {"stages": {s: str(src) for s, src in srcs.items()},
                        "num_actions": models["lam"].num_actions,
                        "vocab_size": models["tokenizer"].config.codebook_size,

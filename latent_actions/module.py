@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from genie.core.device import generator_for
 from genie.core.metrics import normalized_mutual_info, psnr
 from genie.nn import codebook_usage
-from genie.training import GenieModule
+from genie.core.training import GenieModule
 from latent_actions.config import LatentActionConfig
 from latent_actions.model import LatentActionModel
 

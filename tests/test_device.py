@@ -147,7 +147,7 @@ def test_a_missing_dependency_is_named(monkeypatch):
     """A stage module that fails to import because of a missing package names that package."""
     import importlib
 
-    from genie.training import run_train
+    from genie.train import run_train
 
     real = importlib.import_module
 

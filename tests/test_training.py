@@ -202,7 +202,7 @@ def test_throughput_counts_video_and_token_clips(key, shape):
     """train/frames_per_s is logged for every stage: video clips (tokenizer, LAM) and token clips (dynamics)."""
     from types import SimpleNamespace
 
-    from genie.training import ThroughputCallback
+    from genie.core.training import ThroughputCallback
 
     logged = {}
     module = SimpleNamespace(log=lambda name, value, **kw: logged.__setitem__(name, value))

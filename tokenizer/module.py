@@ -15,7 +15,7 @@ from einops import rearrange
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from genie.nn import codebook_usage
-from genie.training import GenieModule
+from genie.core.training import GenieModule
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import VideoTokenizer
 

@@ -1,9 +1,9 @@
-"""Training machinery every stage shares: optimiser + schedule, throughput logging, export, the CLI.
+"""The training base every stage builds on: `GenieModule` (optimiser, schedule, data checks) and the callbacks.
 
-`genie train STAGE --config YAML [overrides]` runs LightningCLI `fit` on the stage's LightningModule
-and `VideoDataModule`. bf16-mixed, AdamW with linear warmup + cosine decay (transformers' schedule),
-gradient clipping, TensorBoard + CSV logs, step-based validation, `last.ckpt` for `--ckpt_path last`,
-and an export folder (config.json + model.safetensors) at the end of fitting.
+The stages' LightningModules subclass `GenieModule`: AdamW with linear warmup + cosine decay (transformers'
+schedule), no weight decay on norms and biases, and a clear error when the data does not fit the model.
+The callbacks write checkpoints atomically, log throughput and make `--ckpt_path last` resume the very run
+that was killed. The runner that composes them with the data (`genie train`) is `genie.train`.
 """
 
 from __future__ import annotations
@@ -11,23 +11,20 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
-from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from genie.core.atomic import atomic_file
-
 from genie.core.errors import GenieInputError
 
 
 class GenieModule(L.LightningModule):
-    """Base of the stage modules: AdamW + warmup/cosine, the export hook, data checks.
+    """Base of the stage modules: AdamW + warmup/cosine and the data checks (exports: `genie.export.export_module`).
 
     Subclasses set `self.model` (the plain nn.Module with a `.config`) and `stage`, take
     `lr, weight_decay, betas, warmup_steps, min_lr_ratio` as init arguments and call
@@ -37,8 +34,6 @@ class GenieModule(L.LightningModule):
     stage = ""
 
     def configure_optimizers(self):
-        from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
         h = self.hparams
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -74,12 +69,6 @@ class GenieModule(L.LightningModule):
                                   f"but the {self.stage} config expects {size[0]}×{size[1]}×{cfg.channels} "
                                   f"(image_size {cfg.image_size}/channels)")
 
-    def export(self, out: str | os.PathLike) -> Path:
-        from genie.export import save_export
-
-        return save_export(self.model, out, self.stage,
-                           extra={"global_step": int(self.global_step), "stage": self.stage})
-
 
 class AtomicModelCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes each checkpoint under a temporary name and renames it into place.
@@ -94,19 +83,6 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         with atomic_file(filepath) as tmp:
             super()._save_checkpoint(trainer, str(tmp))
         self._last_checkpoint_saved = filepath
-
-
-class ExportCallback(Callback):
-    """Write the export folder at the end of fitting (rank 0 only). Default: `<default_root_dir>/export`."""
-
-    def __init__(self, dirpath: str | None = None):
-        self.dirpath = dirpath
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: GenieModule) -> None:
-        if trainer.is_global_zero:
-            out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
-            pl_module.export(out)
-            print(f"exported {pl_module.stage} (step {pl_module.global_step}) → {out}")
 
 
 class ThroughputCallback(Callback):
@@ -197,115 +173,3 @@ class ResumeStateCallback(Callback):
 
     on_sanity_check_start = on_validation_start
     on_sanity_check_end = on_validation_end
-
-
-def export_checkpoint(stage: str, ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export on demand from a Lightning checkpoint (weights only: no pickle is executed)."""
-    import importlib
-
-    if not Path(ckpt).is_file():
-        raise GenieInputError(f"{ckpt}: no such checkpoint")
-    mod_name, cls_name = STAGES[stage]
-    module_cls = getattr(importlib.import_module(mod_name), cls_name)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        module = module_cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
-        module.load_state_dict(state["state_dict"])
-    except Exception as e:
-        raise GenieInputError(f"{ckpt}: not a {stage} checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return module.export(out)
-
-
-STAGES = {
-    "tokenizer": ("tokenizer.module", "TokenizerModule"),
-    "lam": ("latent_actions.module", "LatentActionModule"),
-    "dynamics": ("dynamics.module", "DynamicsModule"),
-}
-
-
-def run_train(stage: str, args: list[str]) -> None:
-    """`genie train STAGE --config YAML [overrides]` → LightningCLI fit."""
-    import importlib
-
-    from lightning.pytorch.cli import LightningCLI
-
-    from data_pipelines.datamodule import VideoDataModule
-
-    if stage not in STAGES:
-        raise GenieInputError(f"unknown stage {stage!r}; choose tokenizer, lam or dynamics")
-    mod_name, cls_name = STAGES[stage]
-    try:
-        module_cls = getattr(importlib.import_module(mod_name), cls_name)
-    except ImportError as e:  # name what failed: a missing dependency must not look like a missing feature
-        missing = f"package {e.name!r}" if e.name else "a module"
-        raise GenieInputError(f"training the {stage} stage needs {missing}, which failed to import ({e}); "
-                              f"install it, e.g. `pip install {(e.name or '').split('.')[0] or '<package>'}`") from None
-    for i, a in enumerate(args):  # a missing --config file is named plainly, not by a parser stack
-        if a == "--config" and i + 1 < len(args) and not Path(args[i + 1]).is_file():
-            raise GenieInputError(f"{args[i + 1]}: no such config file")
-    torch.set_float32_matmul_precision("high")
-    try:
-        GenieCLI(module_cls, VideoDataModule, args=["fit", *args], save_config_kwargs={"overwrite": True})
-    except ValueError as e:
-        if _raised_by_config_validation(e):
-            raise GenieInputError(f"model.config: {e}") from None
-        raise
-
-
-def _raised_by_config_validation(e: BaseException) -> bool:
-    """True when a config dataclass rejected its values (its __post_init__ / from_dict raised)."""
-    tb, last = e.__traceback__, None
-    while tb is not None:
-        last = tb.tb_frame.f_code.co_name
-        tb = tb.tb_next
-    return last in ("__post_init__", "from_dict", "preset")
-
-
-def _genie_cli_cls():
-    from lightning.pytorch.cli import LightningCLI
-
-    class _GenieCLI(LightningCLI):
-        """LightningCLI whose logs, checkpoints and export all live under `trainer.default_root_dir`.
-
-        Unless the YAML names its own: TensorBoard + CSV loggers, a ModelCheckpoint that keeps
-        `last.ckpt` (so `--ckpt_path last` resumes) every validation interval, throughput logging,
-        and the export at the end of fitting.
-        """
-
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--checkpoint_every", type=Optional[int], default=None,
-                                help="write checkpoints/last.ckpt every N training steps (default: every "
-                                     "trainer.val_check_interval steps); resume with --ckpt_path last")
-
-        def before_instantiate_classes(self) -> None:
-            cfg = self.config[self.subcommand].trainer
-            root = cfg.default_root_dir or "runs/default"
-            cfg.default_root_dir = root
-            if cfg.logger in (None, True):
-                cfg.logger = [
-                    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": root, "name": "tensorboard"}},
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "csv"}},
-                ]
-            callbacks = list(cfg.callbacks or [])
-            names = {c["class_path"].rsplit(".", 1)[-1] if isinstance(c, dict) else type(c).__name__ for c in callbacks}
-            # --checkpoint_every N: last.ckpt every N optimizer steps (default: every validation interval)
-            every = self.config[self.subcommand].get("checkpoint_every") or \
-                (cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 500)
-            defaults = {
-                "ModelCheckpoint": {"class_path": "genie.training.AtomicModelCheckpoint",
-                                    "init_args": {"dirpath": f"{root}/checkpoints", "save_last": True,
-                                                  "every_n_train_steps": every, "save_top_k": 0}},
-                "LearningRateMonitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-                                        "init_args": {"logging_interval": "step"}},
-                "ThroughputCallback": {"class_path": "genie.training.ThroughputCallback"},
-                "ResumeStateCallback": {"class_path": "genie.training.ResumeStateCallback"},
-                "ExportCallback": {"class_path": "genie.training.ExportCallback"},
-            }
-            callbacks += [v for k, v in defaults.items() if k not in names]
-            cfg.callbacks = callbacks
-
-    return _GenieCLI
-
-
-def GenieCLI(*args, **kwargs):
-    return _genie_cli_cls()(*args, **kwargs)
