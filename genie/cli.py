@@ -124,7 +124,8 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
     frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.num_frames - 1)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    video = wm.generate(frames_to_video(frames)[None], actions, steps=a.steps, temperature=a.temperature, seed=a.seed)
+    video = wm.generate(frames_to_video(frames)[None], actions, steps=a.steps, temperature=a.temperature, seed=a.seed,
+                        context=a.context, window_hop=a.window_hop)
     clip = video_to_frames(video[0, -(len(actions) + 1):])  # the last prompt frame, then one frame per action
     write_clip(out, clip, fps=a.fps, scale=a.scale)
     print(f"wrote {out}: {len(clip)} frames (prompt + {len(actions)} generated), {clip.shape[2]}×{clip.shape[1]}"
@@ -179,7 +180,7 @@ def _cmd_play(a: argparse.Namespace) -> None:
     from genie.play import serve
 
     serve(a.model, host=a.host, port=a.port, device=a.device, steps=a.steps, temperature=a.temperature,
-          context=a.context, data=a.data, split=a.split, keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
+          context=a.context, window_hop=a.window_hop, data=a.data, split=a.split, keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
 
 
 def add_device(q: argparse.ArgumentParser) -> None:
@@ -272,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=25, help="MaskGIT steps per frame")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
+    g.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per frame "
+                                                             "(default: its whole window)")
+    g.add_argument("--window-hop", type=int, default=1, help="frames the full context drops at once (1: Genie's "
+                                                             "sliding window; genie play uses 4)")
     g.add_argument("--fps", type=int, default=10)
     g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
     add_device(g)
@@ -348,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     pl.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per step "
                                                               "(default: its whole window; fewer is faster)")
+    pl.add_argument("--window-hop", type=int, default=None, help="frames the full context drops at once, so the "
+                                                                 "cache is rebuilt once per that many frames "
+                                                                 "(default: 4, or the context if smaller)")
     pl.add_argument("--data", default=None, metavar="DIR", help="dataset folder: a grid of held-out prompt frames")
     pl.add_argument("--split", default=None, help="split of --data (default: test, else val, else train)")
     pl.add_argument("--keymap", default=None, metavar="FILE", help="keymap.json from `genie probe` (default: "

@@ -24,9 +24,11 @@ frame: a 4-byte little-endian header length, the JSON header (`{"type": "frame",
 "actions", "seq", "model_ms", ...}`), then the frame's raw RGB bytes (H·W·3). A bad message gets an
 `error` message with a 4xx status and the connection stays open.
 
-Speed: `WorldModel.step` rebuilds the dynamics model's cache over the context (up to num_frames − 1
-frames) and decodes a tokenizer window of the same length on every call; `--context N` keeps only
-the last N frames of a session as context, which bounds both (benchmarks/play_latency.py measures it).
+Speed: each session keeps its `GenieState`, which holds the dynamics model's KV cache between key
+presses, so a press costs the MaskGIT loop on one frame, one frame of cache update and the decode of a
+tokenizer window. Once the context is full (`--context`, default the model's num_frames − 1) it drops
+`--window-hop` frames at once (default 4), so the cache is rebuilt on one press in 4; undo keeps the cache
+(benchmarks/play_latency.py measures the latency).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}  # Content-Type → th
 MAX_WS_MESSAGE = 4096  # characters; every valid message is far below
 WS_PROTOCOL_LIMIT = 1024 * 1024  # bytes; uvicorn closes the connection (1009) past this, the server lives on
 MAX_STEPS = 64
+# The dynamics context drops this many frames at once when full (genie.sampling.Rollout): the cache is then
+# rebuilt on one key press in 4 instead of on every one (328 -> see README "Play" for the measured latency).
+DEFAULT_WINDOW_HOP = 4
 MAX_TEMPERATURE = 10.0
 DIRECTIONS = {"LEFT": ("ArrowLeft", "a"), "RIGHT": ("ArrowRight", "d"), "UP": ("ArrowUp", "w"),
               "DOWN": ("ArrowDown", "s")}
@@ -209,9 +214,7 @@ class Session:
     actions: list[int] = field(default_factory=list)
     settings_log: list[tuple[int, float]] = field(default_factory=list)  # (steps, temperature) per generated frame
     model_ms: list[float] = field(default_factory=list)
-    tokens: torch.Tensor | None = None  # (1, t, h, w) on the model's device
-    action_tensor: torch.Tensor | None = None  # (1, t-1)
-    generator: torch.Generator | None = None
+    state: GenieState | None = None  # tokens, actions, generator and the dynamics cache (WorldModel.step)
     generator_states: list[torch.Tensor] = field(default_factory=list)  # before each generated frame
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -220,7 +223,8 @@ class Player:
     """The world model and the sessions of every open tab; no web code (create_app serves it)."""
 
     def __init__(self, wm: WorldModel, device: torch.device, *, steps: int = 8, temperature: float = 1.0,
-                 context: int | None = None, seed: int = 0, prompts: list[np.ndarray] | None = None,
+                 context: int | None = None, window_hop: int | None = None, seed: int = 0,
+                 prompts: list[np.ndarray] | None = None,
                  keymap: dict[int, str | None] | None = None, model_dir: str = "", idle_timeout: float = 600.0,
                  max_sessions: int = 32, max_frames: int = 1000):
         self.wm, self.device = wm, device
@@ -230,6 +234,10 @@ class Player:
         if not 1 <= self.context <= self.window:
             raise GenieInputError(f"--context {context}: must be 1..{self.window} (the dynamics model's "
                                   f"{self.window + 1}-frame window less the frame being generated)")
+        self.window_hop = min(DEFAULT_WINDOW_HOP, self.context) if window_hop is None else window_hop
+        if isinstance(self.window_hop, bool) or not isinstance(self.window_hop, int) \
+                or not 1 <= self.window_hop <= self.context:
+            raise GenieInputError(f"--window-hop {window_hop}: must be 1..{self.context} (the context)")
         self.steps, self.temperature, self.seed = steps, temperature, seed
         self.prompts = prompts or []
         self.keymap, self.model_dir = keymap, model_dir
@@ -243,7 +251,7 @@ class Player:
         return {"model": self.model_dir, "device": str(self.device), "num_actions": self.wm.num_actions,
                 "image_size": self.wm.image_size, "controls": self.controls, "keymap": self.keymap is not None,
                 "prompts": len(self.prompts), "steps": self.steps, "temperature": self.temperature,
-                "context": self.context, "window": self.window, "seed": self.seed, "max_steps": MAX_STEPS,
+                "context": self.context, "window_hop": self.window_hop, "window": self.window, "seed": self.seed, "max_steps": MAX_STEPS,
                 "max_temperature": MAX_TEMPERATURE, "max_upload_bytes": MAX_UPLOAD_BYTES,
                 "max_frames": self.max_frames, "idle_timeout_s": self.idle_timeout}
 
@@ -279,10 +287,9 @@ class Player:
     def set_prompt(self, s: Session, frame: np.ndarray, source: str) -> None:
         with s.lock, self._model_lock:
             x = frames_to_video(frame[None]).to(self.device)  # (1, c, H, W)
-            state = self.wm.reset(x, seed=self.seed)
+            s.state = self.wm.reset(x, seed=self.seed, context=self.context, window_hop=self.window_hop)
             s.prompt, s.prompt_source, s.frames = frame, source, [frame]
             s.actions, s.settings_log, s.model_ms, s.generator_states = [], [], [], []
-            s.tokens, s.action_tensor, s.generator = state.tokens, state.actions, state.generator
 
     def prompt_from_data(self, s: Session, index) -> None:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.prompts):
@@ -300,23 +307,16 @@ class Player:
         if isinstance(action, bool) or not isinstance(action, int) or not 0 <= action < self.wm.num_actions:
             raise PlayRequestError(400, f"unknown action {action!r}: latent actions are 0..{self.wm.num_actions - 1}")
         with s.lock:
-            if s.tokens is None:
+            if s.state is None:
                 raise PlayRequestError(409, "pick a prompt first (a dataset frame, an upload, or the last frame)")
             if len(s.frames) >= self.max_frames:
                 raise PlayRequestError(409, f"the session holds {len(s.frames)} frames, the limit; "
                                             f"download it, then reset or continue from its last frame")
             with self._model_lock:
                 t0 = time.perf_counter()
-                before = s.generator.get_state()
-                n = s.tokens.shape[1]
-                ctx = min(self.context, n)
-                # the last ctx frames and the ctx-1 actions between them; step() appends the new frame
-                state = GenieState(tokens=s.tokens[:, n - ctx:], actions=s.action_tensor[:, n - ctx:],
-                                   generator=s.generator)
-                frame = video_to_frames(self.wm.step(state, action, steps=s.steps, temperature=s.temperature))[0]
+                before = s.state.generator.get_state()
+                frame = video_to_frames(self.wm.step(s.state, action, steps=s.steps, temperature=s.temperature))[0]
                 ms = (time.perf_counter() - t0) * 1000
-            s.tokens = torch.cat([s.tokens, state.tokens[:, -1:]], dim=1)
-            s.action_tensor = torch.cat([s.action_tensor, state.actions[:, -1:]], dim=1)
             s.frames.append(frame)
             s.actions.append(action)
             s.settings_log.append((s.steps, s.temperature))
@@ -330,18 +330,18 @@ class Player:
             if not s.actions:
                 raise PlayRequestError(409, "nothing to undo: the session is at its prompt")
             s.frames.pop(), s.actions.pop(), s.settings_log.pop(), s.model_ms.pop()
-            s.generator.set_state(s.generator_states.pop())
-            s.tokens, s.action_tensor = s.tokens[:, :-1], s.action_tensor[:, :-1]
+            s.state.generator.set_state(s.generator_states.pop())
+            s.state.truncate(len(s.frames))
 
     def reset(self, s: Session) -> None:
         """Back to the prompt, as if it had just been picked."""
         with s.lock:
-            if s.tokens is None:
+            if s.state is None:
                 raise PlayRequestError(409, "pick a prompt first")
             if s.generator_states:
-                s.generator.set_state(s.generator_states[0])
+                s.state.generator.set_state(s.generator_states[0])
             s.frames, s.actions, s.settings_log, s.model_ms, s.generator_states = s.frames[:1], [], [], [], []
-            s.tokens, s.action_tensor = s.tokens[:, :1], s.action_tensor[:, :0]
+            s.state.truncate(1)
 
     def settings(self, s: Session, steps, temperature) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int):
@@ -360,15 +360,16 @@ class Player:
         acts = ",".join(map(str, s.actions))
         steps, temp = s.settings_log[0] if s.settings_log else (s.steps, s.temperature)
         uniform = all(x == (steps, temp) for x in s.settings_log)
-        exact = uniform and (self.context == self.window or len(s.frames) <= self.context + 1)
+        window = (f" --context {self.context}" if self.context != self.window else "") + \
+            (f" --window-hop {self.window_hop}" if self.window_hop != 1 else "")
         cmd = (f"genie generate --model {self.model_dir or 'MODEL'} --prompt prompt.png --actions {acts} "
-               f"--out clip.mp4 --steps {steps} --temperature {temp:g} --seed {self.seed}") if s.actions else None
+               f"--out clip.mp4 --steps {steps} --temperature {temp:g} --seed {self.seed}{window}") if s.actions else None
         return {"actions": s.actions, "actions_arg": acts, "frames": len(s.frames), "prompt": "prompt.png",
                 "prompt_source": s.prompt_source, "seed": self.seed, "context": self.context,
+                "window_hop": self.window_hop,
                 "steps_per_frame": [a for a, _ in s.settings_log], "temperature_per_frame": [b for _, b in s.settings_log],
-                "replay_command": cmd, "exact_replay": bool(s.actions) and exact,
-                "note": "genie generate gives the same frames when every frame used the same steps and temperature "
-                        "and the context was the model's full window (or the session is shorter than --context + 1)"}
+                "replay_command": cmd, "exact_replay": bool(s.actions) and uniform,
+                "note": "genie generate gives the same frames when every frame used the same steps and temperature"}
 
     def clip_bytes(self, s: Session, fmt: str) -> bytes:
         from genie.video_io import write_clip
@@ -689,7 +690,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def load_player(model: str | Path, *, device: str = "auto", steps: int = 8, temperature: float = 1.0,
-                context: int | None = None, data: str | Path | None = None, split: str | None = None,
+                context: int | None = None, window_hop: int | None = None, data: str | Path | None = None,
+                split: str | None = None,
                 keymap: str | Path | None = None, seed: int = 0, idle_timeout: float = 600.0,
                 warmup: bool = True) -> Player:
     """Everything `genie play` needs before it serves; any problem is one GenieInputError."""
@@ -710,7 +712,8 @@ def load_player(model: str | Path, *, device: str = "auto", steps: int = 8, temp
         raise GenieInputError(f"--keymap {keymap}: no such file")
     km = load_keymap(keymap_path, wm.num_actions) if keymap_path.is_file() else None
     prompts = dataset_prompts(data, wm.image_size, split=split) if data else []
-    player = Player(wm, dev, steps=steps, temperature=temperature, context=context, seed=seed, prompts=prompts,
+    player = Player(wm, dev, steps=steps, temperature=temperature, context=context, window_hop=window_hop,
+                    seed=seed, prompts=prompts,
                     keymap=km, model_dir=str(model), idle_timeout=idle_timeout)
     if warmup:  # the first generation pays one-off costs (allocator, kernels): not the player's first key
         s = Session(id="warmup", steps=steps, temperature=temperature)
@@ -729,12 +732,13 @@ def uvicorn_server(app):
 
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", steps: int = 8,
-          temperature: float = 1.0, context: int | None = None, data: str | Path | None = None,
-          split: str | None = None, keymap: str | Path | None = None, seed: int = 0,
+          temperature: float = 1.0, context: int | None = None, window_hop: int | None = None,
+          data: str | Path | None = None, split: str | None = None, keymap: str | Path | None = None, seed: int = 0,
           idle_timeout: float = 600.0) -> None:
     """`genie play`: load everything (failing before serving), bind, then serve until Ctrl+C."""
     _import_web()
-    player = load_player(model, device=device, steps=steps, temperature=temperature, context=context, data=data,
+    player = load_player(model, device=device, steps=steps, temperature=temperature, context=context,
+                         window_hop=window_hop, data=data,
                          split=split, keymap=keymap, seed=seed, idle_timeout=idle_timeout)
     sock = bind(host, port)
     if not is_loopback(host):
@@ -745,7 +749,7 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, devic
                                        runner=runner))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
-    ctx = f"context {player.context} of {player.window} frames"
+    ctx = f"context {player.context} of {player.window} frames, window hop {player.window_hop}"
     print(f"genie play: serving http://{shown}:{bound[1]}/  "
           f"({model} on {player.device}, {steps} MaskGIT steps, {ctx}, "
           f"{len(player.prompts)} dataset prompts; Ctrl+C to stop)", flush=True)

@@ -5,7 +5,9 @@ dynamics model conditioned on the clean past frames and the chosen action a_t. P
 change, so with `use_cache` their temporal keys/values are computed once (KV cache) and each
 decoding step costs one frame of compute. The dynamics model has absolute temporal positions over
 `num_frames`; past that, a sliding window keeps the last `num_frames - 1` frames as context and the
-cache is rebuilt from them (one forward of the window per new frame).
+cache is rebuilt from them (one forward of the window per new frame, or per `window_hop` frames).
+`Rollout` is the open-ended form (one `step` per frame, `truncate` to undo) that `WorldModel.step` keeps
+between calls; `rollout_tokens` runs one over a list of actions.
 
 Shape legend: b batch, t frames, h w token grid, n tokens per frame (h*w), v vocabulary.
 """
@@ -19,65 +21,129 @@ from torch import Tensor
 from dynamics.maskgit import maskgit_decode
 
 
+class Rollout:
+    """An open-ended rollout, one frame per `step`: what `rollout_tokens` and `WorldModel.step` share.
+
+    Holds the frames so far, the actions between them and the dynamics model's KV cache over the current
+    context, so an interactive session pays one frame of compute per decoding step and per new frame, as
+    a batch rollout does, and `truncate` (undo) keeps the cache whenever it still holds only kept frames.
+    The same prompt, actions, settings and generator give the same frames whether they are generated in one
+    `rollout_tokens` call or one `step` at a time.
+
+    prompt: (b, t0, h, w) token ids; prompt_actions: (b, t0-1), required when t0 > 1.
+    context: how many past frames a new frame sees at most (default and maximum: the model's num_frames - 1).
+    window_hop: once the context is full, how many frames it drops at once. 1 (Genie's sliding window)
+        keeps the last `context` frames for every new frame and so rebuilds the cache each frame (absolute
+        temporal positions make a ring buffer impossible); k > 1 lets the context shrink to context + 1 - k
+        frames, then grow back one frame at a time on the cache, so the cache is rebuilt once every k frames.
+    """
+
+    def __init__(self, dynamics, prompt: Tensor, prompt_actions: Tensor | None = None, *, context: int | None = None,
+                 window_hop: int = 1, use_cache: bool = True):
+        b, t0, h, w = prompt.shape
+        if t0 < 1:
+            raise ValueError("a rollout needs a prompt of at least one frame")
+        if t0 > 1 and (prompt_actions is None or prompt_actions.shape != (b, t0 - 1)):
+            raise ValueError(f"a prompt of {t0} frames needs prompt_actions of shape ({b}, {t0 - 1})")
+        max_context = dynamics.config.num_frames - 1
+        context = max_context if context is None else context
+        if not 1 <= context <= max_context:
+            raise ValueError(f"context must be in [1, {max_context}] (the model's num_frames - 1), got {context}")
+        if not 1 <= window_hop <= context:
+            raise ValueError(f"window_hop must be in [1, {context}] (the context), got {window_hop}")
+        self.dynamics, self.context, self.window_hop, self.use_cache = dynamics, context, window_hop, use_cache
+        self.shape = (b, h, w)
+        self.frames = [prompt[:, i] for i in range(t0)]  # (b, h, w) each
+        self.actions = [prompt_actions[:, i] for i in range(t0 - 1)]  # (b,) each; actions[i] leads frame i -> i+1
+        self.num_prompt = t0
+        self.start = 0  # first context frame of the last generated frame (the window's position)
+        self.starts: list[int] = []  # the start used for each generated frame, for truncate
+        self.cache, self.cached_from, self.cached_upto = None, 0, 0  # the cache holds frames[cached_from:cached_upto]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def tokens(self) -> Tensor:
+        """(b, t, h, w) every frame so far, the prompt first."""
+        return torch.stack(self.frames, dim=1)
+
+    @property
+    def action_ids(self) -> Tensor:
+        """(b, t-1) the actions between the frames so far."""
+        b = self.shape[0]
+        return torch.stack(self.actions, dim=1) if self.actions else self.frames[0].new_zeros((b, 0))
+
+    def _context_start(self, t_new: int) -> int:
+        """First context frame for new frame t_new: the window slides once the context would pass `context`."""
+        window = self.context + 1
+        return t_new - (window - self.window_hop) if t_new - self.start > window - 1 else self.start
+
+    @torch.no_grad()
+    def step(self, action: Tensor, *, steps: int = 25, temperature: float = 1.0,
+             generator: torch.Generator | None = None, unmask: str = "confidence") -> Tensor:
+        """Generate the next frame for `action` (b,) int64: returns its tokens (b, h, w) and appends it."""
+        dyn, (b, h, w) = self.dynamics, self.shape
+        n, t_new = h * w, len(self.frames)
+        start = self._context_start(t_new)
+        ctx_actions = torch.stack([*self.actions[start:t_new], action], dim=1)  # (b, t_new - start): to frames start+1..t_new
+        if self.use_cache:
+            if self.cache is None or start != self.cached_from:  # first frame, or the window slid: rebuild
+                context = torch.stack(self.frames[start:t_new], dim=1)
+                _, self.cache = dyn(context, ctx_actions[:, : context.shape[1] - 1], return_cache=True)
+                self.cached_from, self.cached_upto = start, t_new
+            elif self.cached_upto < t_new:  # frames generated since the last call: commit them (their compute only)
+                new = torch.stack(self.frames[self.cached_upto:t_new], dim=1)
+                _, self.cache = dyn(new, ctx_actions[:, :-1], cache=self.cache, return_cache=True)
+                self.cached_upto = t_new
+            cache = self.cache
+
+            def logits_fn(x: Tensor) -> Tensor:
+                out = dyn(x.view(b, 1, h, w), ctx_actions, cache=cache)
+                return rearrange(out, "b 1 h w v -> b (h w) v")
+        else:
+            context = torch.stack(self.frames[start:t_new], dim=1)
+
+            def logits_fn(x: Tensor) -> Tensor:
+                out = dyn(torch.cat([context, x.view(b, 1, h, w)], dim=1), ctx_actions)
+                return rearrange(out[:, -1], "b h w v -> b (h w) v")
+
+        new = maskgit_decode(logits_fn, n, mask_id=dyn.mask_id, batch_size=b, steps=steps, temperature=temperature,
+                             unmask=unmask, generator=generator, device=self.frames[0].device).view(b, h, w)
+        self.frames.append(new)
+        self.actions.append(action)
+        self.starts.append(start)
+        self.start = start
+        return new
+
+    def truncate(self, num_frames: int) -> None:
+        """Keep the first `num_frames` frames (at least the prompt): undo. The cache survives when it holds
+        only kept frames, which is the case after undoing the last frame."""
+        if not self.num_prompt <= num_frames <= len(self.frames):
+            raise ValueError(f"can keep {self.num_prompt}..{len(self.frames)} frames, got {num_frames}")
+        generated = num_frames - self.num_prompt
+        del self.frames[num_frames:], self.actions[num_frames - 1:], self.starts[generated:]
+        self.start = self.starts[-1] if self.starts else 0
+        if self.cached_upto > num_frames:
+            self.cache, self.cached_from, self.cached_upto = None, 0, 0
+
+
 @torch.no_grad()
 def rollout_tokens(dynamics, prompt: Tensor, actions: Tensor, *, steps: int = 25, temperature: float = 1.0,
                    generator: torch.Generator | None = None, use_cache: bool = True, unmask: str = "confidence",
-                   prompt_actions: Tensor | None = None, window_hop: int = 1) -> Tensor:
-    """Generate one frame of tokens per action.
+                   prompt_actions: Tensor | None = None, window_hop: int = 1, context: int | None = None) -> Tensor:
+    """Generate one frame of tokens per action (see `Rollout` for `context` and `window_hop`).
 
     prompt: (b, t0, h, w) token ids of the prompt frames. prompt_actions: (b, t0-1) actions between
         prompt frames (required when t0 > 1). actions: (b, T) actions a_{t0-1}..a_{t0+T-2}: the i-th
         leads from the last frame so far to new frame i.
-    window_hop: past the model's `num_frames`, how many frames the context window drops at once. 1 (Genie's
-        sliding window) keeps the last num_frames - 1 frames for every new frame and so rebuilds the cache
-        each frame; k > 1 lets the context shrink to num_frames - k frames, then grow back one frame at a
-        time on the cache, so the cache is rebuilt once every k frames.
     Returns (b, t0 + T, h, w) tokens: the prompt followed by the T generated frames.
     """
-    b, t0, h, w = prompt.shape
-    n, T = h * w, actions.shape[1]
-    if t0 > 1 and (prompt_actions is None or prompt_actions.shape != (b, t0 - 1)):
-        raise ValueError(f"a prompt of {t0} frames needs prompt_actions of shape ({b}, {t0 - 1})")
-    past_actions = prompt_actions if t0 > 1 else actions.new_zeros((b, 0))
-    frames = [prompt[:, i] for i in range(t0)]  # list of (b, h, w)
-    all_actions = torch.cat([past_actions, actions], dim=1)  # (b, t0 - 1 + T)
-    window = dynamics.config.num_frames
-    if not 1 <= window_hop <= window - 1:
-        raise ValueError(f"window_hop must be in [1, {window - 1}], got {window_hop}")
-    mask_id = dynamics.mask_id
-
-    def context_start(t_new: int, start: int) -> int:  # first context frame for new frame t_new
-        return t_new - (window - window_hop) if t_new - start > window - 1 else start
-
-    cache, cached_from, start = None, 0, 0  # the cache holds frames[cached_from:]
-    for i in range(T):
-        t_new = t0 + i  # index of the frame being generated
-        start = context_start(t_new, start)  # context frames[start:t_new]
-        ctx_actions = all_actions[:, start:t_new]  # actions leading to frames start+1..t_new
-        if use_cache:
-            if cache is None or start != cached_from:  # first frame, or the window slid: rebuild
-                context = torch.stack(frames[start:t_new], dim=1)
-                _, cache = dynamics(context, ctx_actions[:, : context.shape[1] - 1], return_cache=True)
-                cached_from = start
-
-            def logits_fn(x: Tensor) -> Tensor:
-                out = dynamics(x.view(b, 1, h, w), ctx_actions, cache=cache)
-                return rearrange(out, "b 1 h w v -> b (h w) v")
-        else:
-            context = torch.stack(frames[start:t_new], dim=1)
-
-            def logits_fn(x: Tensor) -> Tensor:
-                out = dynamics(torch.cat([context, x.view(b, 1, h, w)], dim=1), ctx_actions)
-                return rearrange(out[:, -1], "b h w v -> b (h w) v")
-
-        new = maskgit_decode(logits_fn, n, mask_id=mask_id, batch_size=b, steps=steps, temperature=temperature,
-                             unmask=unmask, generator=generator, device=prompt.device).view(b, h, w)
-        frames.append(new)
-        next_start = context_start(t_new + 1, start)
-        if use_cache and i + 1 < T and next_start == cached_from:
-            # the window did not slide: commit the finished frame to the cache (one frame of compute)
-            _, cache = dynamics(new[:, None], ctx_actions, cache=cache, return_cache=True)
-    return torch.stack(frames, dim=1)
+    roll = Rollout(dynamics, prompt, prompt_actions if prompt.shape[1] > 1 else None, context=context,
+                   window_hop=window_hop, use_cache=use_cache)
+    for i in range(actions.shape[1]):
+        roll.step(actions[:, i], steps=steps, temperature=temperature, generator=generator, unmask=unmask)
+    return roll.tokens
 
 
 @torch.no_grad()

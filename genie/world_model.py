@@ -26,7 +26,7 @@ from genie.core.config import format_hw
 from genie.core.device import generator_for
 from genie.core.registry import STAGES
 from genie.export import load_export
-from genie.sampling import decode_tokens, rollout_tokens
+from genie.sampling import Rollout, decode_tokens, rollout_tokens
 
 def check_compatible(tokenizer, lam, dynamics) -> None:
     """Vocabularies, grids and resolutions must agree; a clear GenieInputError names the mismatch."""
@@ -47,11 +47,38 @@ def check_compatible(tokenizer, lam, dynamics) -> None:
 
 @dataclass
 class GenieState:
-    """Interactive state: token ids of the frames so far and the actions between them."""
+    """Interactive state: token ids of the frames so far, the actions between them, the generator, and the
+    rollout (with the dynamics model's KV cache) that `WorldModel.step` keeps between calls.
+
+    context / window_hop: as in `genie.sampling.Rollout` (None: the model's full window; 1: Genie's sliding
+    window). `genie generate --context C --window-hop K` with the same seed and settings replays a session.
+    Assigning `tokens` or `actions` directly is allowed: the next `step` then starts a fresh rollout from them.
+    """
 
     tokens: Tensor  # (b, t, h, w)
     actions: Tensor  # (b, t-1)
     generator: torch.Generator = field(repr=False)
+    context: int | None = None
+    window_hop: int = 1
+    rollout: Rollout | None = field(default=None, repr=False, compare=False)
+    _published: tuple | None = field(default=None, repr=False, compare=False)  # (tokens, actions) the rollout set
+
+    def truncate(self, num_frames: int) -> None:
+        """Keep the first `num_frames` frames (undo); the generator is the caller's to rewind."""
+        if self.synced():
+            self.rollout.truncate(num_frames)
+            self.publish()
+        else:
+            self.tokens, self.actions = self.tokens[:, :num_frames], self.actions[:, :num_frames - 1]
+
+    def synced(self) -> bool:
+        """Whether `tokens`/`actions` are still the rollout's (so its cache can be reused)."""
+        return (self.rollout is not None and self._published is not None
+                and self.tokens is self._published[0] and self.actions is self._published[1])
+
+    def publish(self) -> None:
+        self.tokens, self.actions = self.rollout.tokens, self.rollout.action_ids
+        self._published = (self.tokens, self.actions)
 
 
 class WorldModel(nn.Module):
@@ -145,12 +172,14 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt_frames: Tensor, actions: Tensor | list[int], steps: int = 25, temperature: float = 1.0,
-                 seed: int | None = 0, use_cache: bool = True, unmask: str = "confidence") -> Tensor:
+                 seed: int | None = 0, use_cache: bool = True, unmask: str = "confidence", context: int | None = None,
+                 window_hop: int = 1) -> Tensor:
         """Roll out one frame per action from a prompt.
 
         prompt_frames: (b, t0, c, H, W) or (b, c, H, W) in [-1, 1]. actions: (b, T) or (T,) latent action ids.
+        context, window_hop: the dynamics model's context window (see `genie.sampling.Rollout`).
         Returns video (b, t0 + T, c, H, W) in [-1, 1]: the (re-decoded) prompt, then the generated frames.
-        The same seed gives the same frames.
+        The same seed gives the same frames, and so does `reset` + one `step` per action with the same settings.
         """
         prompt_frames = self._prompt(prompt_frames)
         b = prompt_frames.shape[0]
@@ -158,30 +187,46 @@ class WorldModel(nn.Module):
         if actions.ndim == 1:
             actions = actions[None].expand(b, -1)
         self._check_actions(actions)
+        self._check_window(context, window_hop)
         tokens, prompt_actions = self.encode_prompt(prompt_frames)
         g = generator_for(tokens.device, seed)
         out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), steps=steps, temperature=temperature,
                              generator=g, use_cache=use_cache, unmask=unmask,
-                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None)
+                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None,
+                             context=context, window_hop=window_hop)
         return decode_tokens(self.tokenizer, out).clamp(-1, 1)
 
+    def _check_window(self, context: int | None, window_hop: int) -> None:
+        full = self.dynamics.config.num_frames - 1
+        c = full if context is None else context
+        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= full:
+            raise GenieInputError(f"context {context!r}: must be 1..{full} (the dynamics model's "
+                                  f"{full + 1}-frame window less the frame being generated)")
+        if isinstance(window_hop, bool) or not isinstance(window_hop, int) or not 1 <= window_hop <= c:
+            raise GenieInputError(f"window hop {window_hop!r}: must be 1..{c} (the context)")
+
     @torch.no_grad()
-    def reset(self, prompt: Tensor, seed: int = 0) -> GenieState:
+    def reset(self, prompt: Tensor, seed: int = 0, context: int | None = None, window_hop: int = 1) -> GenieState:
         """Start an interactive session from a prompt (b, t0, c, H, W) or (b, c, H, W)."""
+        self._check_window(context, window_hop)
         tokens, actions = self.encode_prompt(prompt)
-        return GenieState(tokens=tokens, actions=actions, generator=generator_for(tokens.device, seed))
+        return GenieState(tokens=tokens, actions=actions, generator=generator_for(tokens.device, seed),
+                          context=context, window_hop=window_hop)
 
     @torch.no_grad()
     def step(self, state: GenieState, action: int | Tensor, steps: int = 25, temperature: float = 1.0) -> Tensor:
-        """Apply one latent action: returns the new frame (b, c, H, W) and extends `state` in place."""
+        """Apply one latent action: returns the new frame (b, c, H, W) and extends `state` in place.
+
+        The dynamics model's cache lives in `state` between calls, so a step costs the MaskGIT loop on one
+        frame plus one frame of cache update, except when the context window moves (every frame with
+        window_hop 1 once the context is full, every window_hop frames otherwise)."""
         b = state.tokens.shape[0]
-        a = torch.as_tensor(action, dtype=torch.long, device=state.tokens.device).reshape(-1).expand(b)[:, None]
+        a = torch.as_tensor(action, dtype=torch.long, device=state.tokens.device).reshape(-1).expand(b)
         self._check_actions(a)
-        window = self.dynamics.config.num_frames - 1
-        ctx, ctx_actions = state.tokens[:, -window:], state.actions[:, -(window - 1):] if window > 1 else state.actions[:, :0]
-        ctx_actions = ctx_actions[:, ctx_actions.shape[1] - (ctx.shape[1] - 1):]
-        out = rollout_tokens(self.dynamics, ctx, a, steps=steps, temperature=temperature, generator=state.generator,
-                             prompt_actions=ctx_actions if ctx.shape[1] > 1 else None)
-        state.tokens = torch.cat([state.tokens, out[:, -1:]], dim=1)
-        state.actions = torch.cat([state.actions, a], dim=1)
+        if not state.synced():  # a new state, or tokens/actions assigned from outside: start from them
+            self._check_window(state.context, state.window_hop)
+            state.rollout = Rollout(self.dynamics, state.tokens, state.actions if state.tokens.shape[1] > 1 else None,
+                                    context=state.context, window_hop=state.window_hop)
+        state.rollout.step(a, steps=steps, temperature=temperature, generator=state.generator)
+        state.publish()
         return decode_tokens(self.tokenizer, state.tokens[:, -self.tokenizer.config.num_frames:])[:, -1].clamp(-1, 1)

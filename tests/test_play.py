@@ -210,7 +210,7 @@ def test_download_clip_and_actions_replay_with_generate(context, server, world):
 
     page = open_page(context, server)
     pick_prompt(page, 2)
-    for k in ("1", "2", "3"):
+    for k in ("1", "2", "3", "3", "1", "2"):  # past the debug model's 3-frame context: the window moves
         press(page, k)
     shown = canvas(page)
 
@@ -223,13 +223,16 @@ def test_download_clip_and_actions_replay_with_generate(context, server, world):
     assert name == "genie-clip.mp4"
     with av.open(str(mp4)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(frames) == 4 and frames[0].shape == (256, 256, 3)
+    assert len(frames) == 7 and frames[0].shape == (256, 256, 3)
     gif, _ = download("#dl-gif")
     with Image.open(gif) as im:
-        assert im.n_frames == 4
+        assert im.n_frames == 7
     rec = json.loads(download("#dl-actions")[0].read_text())
-    assert rec["actions"] == [0, 1, 2] and rec["exact_replay"] is True
-    assert f"--actions 0,1,2 --out clip.mp4 --steps {STEPS} --temperature 1 --seed 0" in rec["replay_command"]
+    assert rec["actions"] == [0, 1, 2, 2, 0, 1] and rec["exact_replay"] is True
+    hop = server.player.window_hop
+    assert hop == 3 == rec["window_hop"]  # the default 4, capped by the debug model's 3-frame context
+    assert rec["replay_command"].endswith(f"--actions 0,1,2,2,0,1 --out clip.mp4 --steps {STEPS} --temperature 1 "
+                                          f"--seed 0 --window-hop {hop}")
     with Image.open(download("#dl-prompt")[0]) as im:
         prompt = np.array(im.convert("RGB"))
     assert np.array_equal(prompt, server.player.prompts[2])
@@ -238,7 +241,8 @@ def test_download_clip_and_actions_replay_with_generate(context, server, world):
     from genie.world_model import WorldModel
 
     wm = WorldModel.from_pretrained(world / "world")
-    video = wm.generate(frames_to_video(prompt[None])[None], rec["actions"], steps=STEPS, temperature=1.0, seed=0)
+    video = wm.generate(frames_to_video(prompt[None])[None], rec["actions"], steps=STEPS, temperature=1.0, seed=0,
+                        window_hop=hop)
     assert np.abs(video_to_frames(video[0, -1]).astype(int) - shown.astype(int)).max() <= 1
 
 

@@ -102,7 +102,7 @@ def test_genie_generate_writes_a_readable_video(world, tmp_path):
     assert p.returncode == 0 and Image.open(tmp_path / "out.gif").n_frames == 3
 
 
-@pytest.mark.parametrize("case", ["bad_action", "bad_prompt", "bad_ext", "not_numbers", "no_model"])
+@pytest.mark.parametrize("case", ["bad_action", "bad_prompt", "bad_ext", "not_numbers", "no_model", "bad_hop"])
 def test_genie_generate_bad_input_exit_2(world, tmp_path, case):
     (tmp_path / "p.png").write_bytes(b"not an image")
     from PIL import Image
@@ -110,13 +110,15 @@ def test_genie_generate_bad_input_exit_2(world, tmp_path, case):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ok.png")
     args = {"bad_action": ("ok.png", "0,8", "o.mp4", world / "world"), "bad_prompt": ("p.png", "0", "o.mp4", world / "world"),
             "bad_ext": ("ok.png", "0", "o.avi", world / "world"), "not_numbers": ("ok.png", "0,x", "o.mp4", world / "world"),
-            "no_model": ("ok.png", "0", "o.mp4", tmp_path / "none")}[case]
+            "no_model": ("ok.png", "0", "o.mp4", tmp_path / "none"), "bad_hop": ("ok.png", "0", "o.mp4", world / "world")}[case]
+    extra = ("--context", "2", "--window-hop", "3") if case == "bad_hop" else ()
     p = run_genie("generate", "--model", args[3], "--prompt", tmp_path / args[0], "--actions", args[1],
-                  "--out", tmp_path / args[2], "--steps", "2")
+                  "--out", tmp_path / args[2], "--steps", "2", *extra)
     assert p.returncode == 2
     line = stderr_line(p)
     assert {"bad_action": "vocabulary 0..7", "bad_prompt": "unreadable image", "bad_ext": "unknown output type",
-            "not_numbers": "comma-separated", "no_model": "no such world-model folder"}[case] in line
+            "not_numbers": "comma-separated", "no_model": "no such world-model folder",
+            "bad_hop": "window hop 3: must be 1..2 (the context)"}[case] in line
     assert not (tmp_path / args[2]).exists()
 
 
@@ -182,3 +184,61 @@ def test_window_hop_rebuilds_the_cache_less_often_and_matches_the_uncached_sampl
     assert rebuilds[1] == 7 and rebuilds[2] == 4 and rebuilds[3] == 3, rebuilds
     with pytest.raises(ValueError, match="window_hop"):
         rollout_tokens(dyn, prompt, actions, steps=2, window_hop=4)
+
+
+@pytest.mark.parametrize("context,hop", [(None, 1), (None, 2), (2, 1), (3, 3)])
+def test_step_by_step_equals_generate_and_keeps_the_cache_between_steps(world, context, hop):
+    """reset + one step per action gives generate's frames bit for bit, for every window setting, while the
+    state's cache is rebuilt only when the window moves (the rest is one frame of compute per step)."""
+    wm = WorldModel.from_pretrained(world / "world")  # dynamics num_frames 4: 7 actions slide the window
+    prompt = torch.rand(1, 3, 64, 64) * 2 - 1
+    acts = [1, 5, 0, 7, 2, 2, 6]
+    video = wm.generate(prompt, acts, steps=3, seed=2, context=context, window_hop=hop)
+    calls = []
+    forward = wm.dynamics.forward
+
+    def counting(tokens, *args, **kwargs):
+        calls.append((tokens.shape[1], kwargs.get("cache") is not None))
+        return forward(tokens, *args, **kwargs)
+
+    wm.dynamics.forward = counting
+    state = wm.reset(prompt, seed=2, context=context, window_hop=hop)
+    frames = [wm.step(state, a, steps=3) for a in acts]
+    wm.dynamics.forward = forward
+    tokens, _ = wm.encode_prompt(prompt)
+    batch = rollout_tokens(wm.dynamics, tokens, torch.tensor([acts]), steps=3, context=context, window_hop=hop,
+                           generator=torch.Generator().manual_seed(2))
+    assert torch.equal(state.tokens, batch)  # the same tokens, bit for bit
+    # and the same pixels (the tokenizer decodes a window at a time in one, frame by frame in the other)
+    torch.testing.assert_close(torch.stack(frames, dim=1), video[:, 1:], atol=1e-5, rtol=0)
+    c = 3 if context is None else context
+    # the window starts at frame 0 and moves when the context would pass c, by `hop` frames
+    start, moves = 0, 0
+    for t_new in range(1, len(acts) + 1):
+        if t_new - start > c:
+            start, moves = t_new - (c + 1 - hop), moves + 1
+    assert sum(1 for _, with_cache in calls if not with_cache) == 1 + moves  # the first frame's build + moves
+
+
+def test_undo_restores_the_state_and_replays_the_same_frame(world):
+    wm = WorldModel.from_pretrained(world / "world")
+    prompt = torch.rand(1, 3, 64, 64) * 2 - 1
+    state = wm.reset(prompt, seed=7, window_hop=2)
+    for a in (1, 2, 3):
+        wm.step(state, a, steps=3)
+    before = state.generator.get_state()
+    first = wm.step(state, 4, steps=3)
+    cache = state.rollout.cache  # over the context of the frame just made, not including it
+    state.truncate(4)  # undo the last frame; the caller rewinds its generator
+    state.generator.set_state(before)
+    assert state.tokens.shape[1] == 4 and state.actions.tolist() == [[1, 2, 3]]
+    assert state.rollout.cache is cache  # the cache held only kept frames: still used
+    assert torch.equal(wm.step(state, 4, steps=3), first)
+    # tokens assigned from outside: the next step starts a fresh rollout from them
+    state.tokens, state.actions = state.tokens[:, :2], state.actions[:, :1]
+    wm.step(state, 0, steps=3)
+    assert state.tokens.shape[1] == 3 and state.actions.tolist() == [[1, 0]]
+    with pytest.raises(GenieInputError, match="window hop 5: must be 1..3"):
+        wm.reset(prompt, window_hop=5)
+    with pytest.raises(GenieInputError, match="context 4: must be 1..3"):
+        wm.generate(prompt, [1], context=4)
