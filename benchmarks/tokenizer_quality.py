@@ -51,7 +51,7 @@ def main() -> None:
     from data_pipelines.clips import ClipDataset
     from genie.export import load_export
     from genie.nn import codebook_usage
-    from tokenizer.module import frame_metrics
+    from genie.core.metrics import psnr, ssim
 
     model = load_export(a.export, "tokenizer")
     cfg = model.config
@@ -60,7 +60,7 @@ def main() -> None:
     for i in range(0, len(ds), a.batch):
         video = torch.stack([ds[j]["video"] for j in range(i, min(len(ds), i + a.batch))])
         out = model(video)
-        p, s = frame_metrics(out.recon, video)
+        p, s = psnr(out.recon, video).mean(), ssim(out.recon, video).mean()
         psnrs.append(p * len(video))
         ssims.append(s * len(video))
         ids.append(out.indices.flatten())

@@ -24,17 +24,8 @@ from genie.core.errors import GenieInputError
 from data_pipelines.storage import pick_split
 from genie.core.device import generator_for, resolve_device, to_device
 from genie.distributed import process_state
-from genie.core.metrics import normalized_mutual_info, psnr
+from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info, psnr, ssim
 from genie.core.registry import STAGES
-
-
-def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-frame SSIM of (n, c, H, W) frames in [-1, 1] (torchmetrics), returns (n,)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    p = (pred.float().clamp(-1, 1) + 1) / 2
-    t = (target.float().clamp(-1, 1) + 1) / 2
-    return structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
 
 
 def linear_probe_accuracy(codes: np.ndarray, labels: np.ndarray, num_codes: int, seed: int = 0,
@@ -137,7 +128,7 @@ def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, b
     for b in _batches(ds, batch, _device_of(tokenizer), state):
         out = tokenizer(b["video"])
         ps.append(psnr(out.recon, b["video"]).flatten().cpu())
-        ss.append(_ssim(out.recon.flatten(0, 1), b["video"].flatten(0, 1)).cpu())
+        ss.append(ssim(out.recon, b["video"]).flatten().cpu())
         ids.append(out.indices.flatten().cpu())
         stab.append(token_stability_counts(out.indices, b["video"], tokenizer.config.patch_size))
         if progress:
@@ -212,9 +203,9 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
         res["action_metrics"] = "not computed: the data has no true actions"
         return res
     labels = torch.cat(true).numpy()
-    merge = ds.card.get("merged_action")
-    if merge:
-        labels = np.asarray(merge)[labels]
+    labels = merge_actions(labels, ds.card)
+    merge = merged_action_table(ds.card)
+    if merge is not None:
         res["true_actions"] = f"merged by the dataset card's merged_action table ({len(np.unique(merge))} classes)"
     shuffled = np.random.default_rng(seed).permutation(labels)
     res.update(nmi=normalized_mutual_info(codes_np, labels), nmi_shuffled=normalized_mutual_info(codes_np, shuffled),
@@ -267,7 +258,7 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         gen = rollout(prompt, acts, g)[:, 1:]
         target = video[:, 1:]
         ps.append(psnr(gen, target).cpu())  # (n, horizon)
-        ss.append(_ssim(gen.flatten(0, 1), target.flatten(0, 1)).view(n, horizon).cpu())
+        ss.append(ssim(gen, target).cpu())  # (n, horizon)
         base.append(psnr(video[:, :1].expand_as(target), target).cpu())
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
         gen_r = rollout(prompt, rand, g)[:, -1]

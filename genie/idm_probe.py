@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from genie.core.atomic import atomic_file, write_text
 from data_pipelines.clips import ClipDataset
 from genie.core.errors import GenieInputError
+from genie.core.metrics import merge_actions, merged_action_table
 from data_pipelines.storage import read_card
 
 PROBE_VERSION = 2  # bump when the architecture or training changes: old cache entries are then ignored
@@ -87,11 +88,6 @@ class InverseDynamicsProbe(nn.Module):
         return rearrange(self(before, after).argmax(-1), "(b t) -> b t", b=b)
 
 
-def _merge_table(card: dict) -> np.ndarray | None:
-    table = card.get("merged_action")
-    return np.asarray(table, dtype=np.int64) if table else None
-
-
 def _card_hash(card: dict) -> str:
     return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
 
@@ -117,7 +113,7 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
     Deterministic in `seed` on a given device while the step budget, not the time cap, paces the schedule
     (on a slow or busy machine the cap stops it early and shortens the schedule: `info` has the steps run)."""
     ds = ClipDataset(data, "train", clip_len=2)
-    merge = _merge_table(ds.card)
+    merge = merged_action_table(ds.card)
     num_classes = int(merge.max()) + 1 if merge is not None else int(ds.card["num_actions"])
     torch.manual_seed(seed)
     model = InverseDynamicsProbe(ds.frame_shape[2], num_classes, settings.width).to(device)
@@ -131,7 +127,7 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
             video = torch.stack([it["video"] for it in items]).to(device)  # (b, 2, c, H, W)
             y = torch.stack([it["actions"][0] for it in items])
             if merge is not None:
-                y = torch.from_numpy(merge[y.numpy()])
+                y = torch.from_numpy(merge_actions(y.numpy(), ds.card))
             logits = model(video[:, 0], video[:, 1])
             ce = F.cross_entropy(logits, y.to(device))
             opt.zero_grad(set_to_none=True)
@@ -191,7 +187,7 @@ def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, se
 
 def check_same_classes(probe_data: str | os.PathLike, eval_card: dict) -> str | None:
     """Why a probe trained on `probe_data` cannot score data with `eval_card`, or None when it can."""
-    a, b = _merge_table(read_card(probe_data)), _merge_table(eval_card)
+    a, b = merged_action_table(read_card(probe_data)), merged_action_table(eval_card)
     if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
         return f"{probe_data} and the evaluated data merge actions differently (dataset cards' merged_action)"
     return None

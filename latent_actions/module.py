@@ -8,12 +8,11 @@ the NMI between latent codes and true actions (merged by the dataset card's `mer
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from genie.core.device import generator_for
-from genie.core.metrics import normalized_mutual_info, psnr
+from genie.core.metrics import merge_actions, normalized_mutual_info, psnr
 from genie.nn import codebook_usage
 from genie.core.training import GenieModule
 from latent_actions.config import LatentActionConfig
@@ -98,14 +97,7 @@ class LatentActionModule(GenieModule):
         self.log("val/code_usage", u.usage)
         self.log("val/perplexity", u.perplexity)
         if self._true:
-            true = torch.cat(self._true).numpy()
-            merge = self._merge_table()
-            if merge is not None:
-                true = merge[true]
+            dm = getattr(self.trainer, "datamodule", None)
+            card = getattr(getattr(dm, "train_set", None), "card", None) or {}
+            true = merge_actions(torch.cat(self._true).numpy(), card)
             self.log("val/nmi", normalized_mutual_info(codes.numpy(), true))
-
-    def _merge_table(self):
-        dm = getattr(self.trainer, "datamodule", None)
-        card = getattr(getattr(dm, "train_set", None), "card", None) or {}
-        table = card.get("merged_action")
-        return np.asarray(table) if table else None

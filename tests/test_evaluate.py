@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter
-from genie.evaluate import evaluate, linear_probe_accuracy, mean_ci95
-from genie.core.metrics import normalized_mutual_info, psnr
+from genie.core.metrics import MAX_PSNR_DB, normalized_mutual_info, psnr
+from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
+from tokenizer.config import TokenizerConfig
+from tokenizer.module import TokenizerModule
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
 
@@ -19,6 +22,30 @@ def test_psnr_of_a_known_noise_level():
     x = torch.zeros(2, 3, 8, 8)
     y = x + 0.2  # in [-1,1] units: 0.1 on [0,1] → MSE 0.01 → 20 dB
     assert torch.allclose(psnr(y, x), torch.full((2,), 20.0), atol=1e-4)
+
+
+def test_psnr_of_identical_frames_is_capped():
+    x = torch.rand(2, 4, 3, 8, 8) * 2 - 1
+    assert torch.equal(psnr(x, x), torch.full((2, 4), MAX_PSNR_DB))
+
+
+@torch.no_grad()
+def test_tokenizer_validation_and_evaluate_agree_to_the_last_digit(tmp_path):
+    """`val/psnr` and `val/ssim` of training and `genie evaluate`'s psnr_db and ssim are one computation."""
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:
+        for e in range(2):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    torch.manual_seed(0)
+    module = TokenizerModule(TokenizerConfig.preset("debug"), image_every_n_val=0).eval()
+    res = evaluate_tokenizer(module.model, data, "test", num_clips=4, seed=0, batch=4)
+    ds = ClipDataset(data, "test", clip_len=module.model.config.num_frames, num_clips=4, seed=0)
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.validation_step({"video": torch.stack([ds[i]["video"] for i in range(len(ds))])}, batch_idx=1)
+    assert logged["val/psnr"] == res["psnr_db"]
+    assert logged["val/ssim"] == res["ssim"]
 
 
 def test_nmi_of_perfect_and_independent_labellings():
@@ -78,6 +105,10 @@ def test_probe_writes_its_files(world, tmp_path):  # noqa: F811
     assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
     conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())
     assert len(conf["counts"]) == 8 and sum(map(sum, conf["counts"])) > 0
+    counts = np.array(conf["counts"])  # the keymap's accuracy: each latent read as its most frequent true action
+    assert conf["accuracy"] == round(counts.max(1).sum() / counts.sum(), 4) and conf["transitions"] == counts.sum()
+    assert conf["majority_accuracy"] == round(counts.sum(0).max() / counts.sum(), 4) <= conf["accuracy"]
+    assert "keymap accuracy" in p.stdout
 
 
 def test_a_rollout_shorter_than_delta_t_reports_delta_at_its_last_step(world, tmp_path):  # noqa: F811

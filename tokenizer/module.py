@@ -1,7 +1,7 @@
 """LightningModule of the video tokenizer: loss, optimiser, validation metrics and images.
 
 Loss (Genie §2.1): pixel MSE of the reconstruction plus the quantizer's commitment loss.
-Validation: PSNR and SSIM (torchmetrics, on [0,1] frames), codebook usage and perplexity over the
+Validation: PSNR and SSIM (`genie.core.metrics`: torchmetrics, on [0,1] frames), codebook usage and perplexity over the
 whole validation set, and a PNG grid of originals over reconstructions.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from genie.core.metrics import psnr, ssim
 from genie.nn import codebook_usage
 from genie.core.training import GenieModule
 from tokenizer.config import TokenizerConfig
@@ -26,15 +26,6 @@ def video_grid(rows: list[torch.Tensor]) -> torch.Tensor:
     x = F.pad(x, (1, 1, 1, 1), value=1.0)
     grid = rearrange(x, "r t c h w -> (r h) (t w) c")
     return ((grid + 1) * 127.5).round().to(torch.uint8)
-
-
-def frame_metrics(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean per-frame PSNR and SSIM of videos (…,c,H,W) in [-1,1], computed on [0,1]."""
-    p = ((pred.float().clamp(-1, 1) + 1) / 2).flatten(0, -4)
-    t = ((target.float() + 1) / 2).flatten(0, -4)
-    psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean()
-    ssim = structural_similarity_index_measure(p, t, data_range=1.0)
-    return psnr, ssim
 
 
 class TokenizerModule(GenieModule):
@@ -86,10 +77,9 @@ class TokenizerModule(GenieModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         video = batch["video"]
         out = self.model(video)
-        psnr, ssim = frame_metrics(out.recon, video)
-        b = video.shape[0]
-        self.log("val/psnr", psnr, batch_size=b, sync_dist=True, prog_bar=True)
-        self.log("val/ssim", ssim, batch_size=b, sync_dist=True)
+        b = video.shape[0]  # the per-frame figures `genie evaluate` averages, from the same functions
+        self.log("val/psnr", psnr(out.recon, video).mean(), batch_size=b, sync_dist=True, prog_bar=True)
+        self.log("val/ssim", ssim(out.recon, video).mean(), batch_size=b, sync_dist=True)
         self.log("val/mse", F.mse_loss(out.recon.float(), video.float()), batch_size=b, sync_dist=True)
         self._val_indices.append(out.indices.detach().flatten().cpu())
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.image_every_n_val and \

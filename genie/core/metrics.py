@@ -1,17 +1,48 @@
-"""Metrics shared by training validation, `genie evaluate` and the benchmarks."""
+"""Metrics shared by training validation, `genie evaluate` and the benchmarks: one computation of each number.
+
+PSNR and SSIM come from torchmetrics, on frames mapped from [-1, 1] to [0, 1], so a stage's validation
+figure and `genie evaluate`'s agree to the last digit on the same frames.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+# PSNR of identical frames (an MSE below 1e-10): a finite cap, so means over frames stay finite
+MAX_PSNR_DB = 100.0
+
+
+def _unit_frames(x: torch.Tensor) -> torch.Tensor:
+    """(…, c, H, W) in [-1, 1] → (n, c, H, W) in [0, 1], float32."""
+    return ((x.float().clamp(-1, 1) + 1) / 2).reshape(-1, *x.shape[-3:])
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR (dB) of frames (…,c,H,W) in [-1,1], computed on [0,1]; returns (…) values."""
-    p = (pred.float().clamp(-1, 1) + 1) / 2
-    t = (target.float().clamp(-1, 1) + 1) / 2
-    mse = (p - t).pow(2).flatten(-3).mean(-1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    """Per-frame PSNR (dB) of frames (…, c, H, W) in [-1, 1], computed on [0, 1]; returns (…) values."""
+    v = peak_signal_noise_ratio(_unit_frames(pred), _unit_frames(target), data_range=1.0, reduction="none",
+                                dim=(1, 2, 3))
+    return v.clamp_max(MAX_PSNR_DB).reshape(pred.shape[:-3])
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-frame SSIM of frames (…, c, H, W) in [-1, 1], computed on [0, 1]; returns (…) values."""
+    v = structural_similarity_index_measure(_unit_frames(pred), _unit_frames(target), data_range=1.0, reduction="none")
+    return v.reshape(pred.shape[:-3])
+
+
+def merged_action_table(card: dict) -> np.ndarray | None:
+    """The dataset card's `merged_action` table (true action id → class of actions with the same effect,
+    e.g. CoinRun's 15 → 9), or None when the card has none."""
+    table = card.get("merged_action")
+    return np.asarray(table, dtype=np.int64) if table else None
+
+
+def merge_actions(actions: np.ndarray, card: dict) -> np.ndarray:
+    """True action ids as the classes they are scored as: merged by the card's table when it has one."""
+    table = merged_action_table(card)
+    return np.asarray(actions) if table is None else table[np.asarray(actions)]
 
 
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
