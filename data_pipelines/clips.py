@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from genie.core.errors import GenieInputError
-from data_pipelines.storage import SPLITS, iter_episodes, load_split, read_card
+from data_pipelines.storage import SPLITS, Episode, iter_episodes, load_split, read_card
 
 
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
@@ -158,11 +158,12 @@ class ClipDataset(Dataset):
         acts = table.column("actions").combine_chunks().values.to_numpy(zero_copy_only=False) if self.has_actions else None
         act_row_off = np.concatenate([[0], np.cumsum(nfr)]) if self.has_actions else None
 
-        lengths, fb, fbyte, factions, eids = [], [], [], [], []
+        lengths, fb, fbyte, factions, eids, ep_rows = [], [], [], [], [], []
         for eid, rows in iter_episodes(ds):
             n = int(nfr[rows].sum())
             lengths.append(n)
             eids.append(eid)
+            ep_rows.append(rows)
             for r in rows:
                 k = int(nfr[r])
                 fb.append(np.full(k, row_buf[r]))
@@ -177,6 +178,7 @@ class ClipDataset(Dataset):
         self._lengths = np.asarray(lengths, dtype=np.int64)
         self._ep_start = np.concatenate([[0], np.cumsum(self._lengths)[:-1]])
         self._eids = np.asarray(eids, dtype=np.int64)
+        self._rows = ep_rows  # each episode's table rows, in frame order
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -217,6 +219,17 @@ class ClipDataset(Dataset):
             return None
         s = self._ep_start[episode]
         return self._actions[s:s + self._lengths[episode]]
+
+    def episode(self, episode: int) -> Episode:
+        """Episode index `episode` whole, as stored: frames, actions, rewards, dones, level seed and source."""
+        table, rows = self._ds.data.table, self._rows[episode]
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([np.asarray(table.column(name)[r].as_py()) for r in rows])
+
+        return Episode(frames=self.episode_frames(episode), actions=self.episode_actions(episode),
+                       rewards=column("rewards"), dones=column("dones"),
+                       level_seed=table.column("level_seed")[rows[0]].as_py(), source=table.column("source")[rows[0]].as_py())
 
     def item(self, episode: int, start: int) -> dict:
         frames = self.clip_frames(episode, start)
@@ -310,8 +323,7 @@ class StreamingClipDataset(IterableDataset):
     """
 
     def __init__(self, files: list[str] | str, clip_len: int = 16, stride: int = 1, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None, frame_shape: tuple | None = None,
-                 has_actions: bool | None = None):
+                 rank: int | None = None, world_size: int | None = None):
         _check_clip_args(clip_len, stride)
         if isinstance(files, (str, os.PathLike)):
             p = Path(files)

@@ -5,12 +5,14 @@ The output has the dataset layout of `data_pipelines.storage` with `frames` hold
 dynamics stage reads tokens with the same clip machinery and never re-encodes video.
 
 Episodes are encoded in consecutive windows of the tokenizer's `num_frames` frames (the tokenizer
-is causal, so each window's tokens depend on that window's frames up to each frame only).
+is causal, so each window's tokens depend on that window's frames up to each frame only); the LAM's
+actions come from windows of its `num_frames` that overlap by one frame (`encode_windows`, both).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 
 from data_pipelines.clips import ClipDataset, frames_to_video
 from genie.core.errors import GenieInputError
-from data_pipelines.storage import SPLITS, DatasetWriter, Episode, load_split, read_card
+from data_pipelines.storage import SPLITS, DatasetWriter, Episode, read_card
 from genie.core.device import resolve_device, to_device
 from genie.distributed import process_state
 from genie.export import load_export
@@ -76,37 +78,18 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
     state, dev = process_state(dev)
     if state is not None:
         model, lam = model.to(dev), (lam.to(dev) if lam is not None else None)
-    tables = {}
-
     def encode(split: str, e: int) -> Episode:
         ds = sets[split]
-        if split not in tables:
-            table = load_split(data, split).data.table
-            tables[split] = (table, table.column("episode_id").to_numpy())
-        table, eid_col = tables[split]
-        frames = ds.episode_frames(e)
-        n = len(frames)
+        ep = ds.episode(e)
+        n = len(ep)
         ids = np.empty((n, *cfg.grid), np.uint16)
-        starts = list(range(0, n, window))
-        for i in range(0, len(starts), batch_size):
-            group = starts[i:i + batch_size]
-            full = [s for s in group if s + window <= n]
-            if full:
-                video = torch.stack([frames_to_video(frames[s:s + window]) for s in full]).to(dev)
-                tok = model.encode(video).cpu().numpy().astype(np.uint16)
-                for s, t in zip(full, tok):
-                    ids[s:s + window] = t
-            for s in group:
-                if s + window > n:  # the shorter last window
-                    ids[s:] = model.encode(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy().astype(np.uint16)
-        eid = ds.episode_id(e)
-        r = table.slice(int(np.flatnonzero(eid_col == eid)[0]), 1).to_pylist()[0]
-        acts = ds.episode_actions(e) if lam is None else _latent_actions(lam, frames, batch_size)
-        rewards, dones = _episode_column(table, eid_col, eid, "rewards"), _episode_column(table, eid_col, eid, "dones")
+        for s, tok in encode_windows(model.encode, ep.frames, window, window, batch_size, dev):
+            ids[s:s + len(tok)] = tok
+        acts = ep.actions if lam is None else _latent_actions(lam, ep.frames, batch_size)
         if bar is not None:
             bar.update(n * (state.num_processes if state is not None else 1))
-        return Episode(frames=ids[..., None], actions=acts if (ds.has_actions or lam is not None) else None, rewards=rewards,
-                       dones=dones, level_seed=r["level_seed"], source=r["source"])
+        return Episode(frames=ids[..., None], actions=acts if (ds.has_actions or lam is not None) else None,
+                       rewards=ep.rewards, dones=ep.dones, level_seed=ep.level_seed, source=ep.source)
 
     work = [(split, e) for split in splits for e in episodes[split]]
     main = state is None or state.is_main_process
@@ -139,30 +122,33 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
             "processes": state.num_processes if state is not None else 1, "main_process": main}
 
 
-def _episode_column(table, eid_col, eid, name: str) -> np.ndarray:
-    rows = np.flatnonzero(eid_col == eid)
-    offs = table.column("offset").to_numpy()[rows]
-    return np.concatenate([np.asarray(table.column(name)[int(r)].as_py()) for r in rows[np.argsort(offs)]])
+def encode_windows(fn, frames: np.ndarray, window: int, hop: int, batch_size: int,
+                   device: torch.device) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, `fn` of the window) for windows of `window` frames every `hop` frames of an episode's uint8
+    frames (t, H, W, c); the last window may be shorter. `fn` maps video (b, t, c, H, W) on `device` to a
+    per-window result; full windows go through it `batch_size` at a time."""
+    n = len(frames)
+    starts = list(range(0, n - (window - hop), hop))
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        full = [s for s in group if s + window <= n]
+        if full:
+            out = fn(torch.stack([frames_to_video(frames[s:s + window]) for s in full]).to(device)).cpu().numpy()
+            yield from zip(full, out)
+        for s in group:
+            if s + window > n:  # the shorter last window
+                yield s, fn(frames_to_video(frames[s:])[None].to(device))[0].cpu().numpy()
 
 
 @torch.no_grad()
 def _latent_actions(lam, frames: np.ndarray, batch_size: int) -> np.ndarray:
     """LAM action ids for every transition of an episode, in the storage layout (one per frame; the
-    last frame, which has no next frame in the episode, gets -1)."""
+    last frame, which has no next frame in the episode, gets -1). Windows overlap by one frame, so the
+    transitions at window boundaries get an action too."""
     n, w = len(frames), lam.config.num_frames
-    dev = next(lam.parameters()).device
     out = np.full(n, -1, np.int16)
     if n < 2:
         return out
-    starts = list(range(0, n - 1, w - 1))  # windows overlap by one frame
-    for i in range(0, len(starts), batch_size):
-        group = starts[i:i + batch_size]
-        full = [s for s in group if s + w <= n]
-        if full:
-            ids = lam.infer_actions(torch.stack([frames_to_video(frames[s:s + w]) for s in full]).to(dev)).cpu().numpy()
-            for s, a in zip(full, ids):
-                out[s:s + w - 1] = a
-        for s in group:
-            if s + w > n:
-                out[s:n - 1] = lam.infer_actions(frames_to_video(frames[s:])[None].to(dev))[0].cpu().numpy()
+    for s, a in encode_windows(lam.infer_actions, frames, w, w - 1, batch_size, next(lam.parameters()).device):
+        out[s:s + len(a)] = a
     return out

@@ -39,7 +39,7 @@ def test_frames_round_trip_exactly(coded_dataset):
     path, lengths = coded_dataset
     ds = ClipDataset(path, "train", clip_len=2)
     for e in range(ds.num_episodes):
-        eid = int(ds._eids[e])
+        eid = ds.episode_id(e)
         ref = coded_episode(eid, lengths[eid])
         assert np.array_equal(ds.episode_frames(e), ref.frames)
         assert np.array_equal(ds.episode_actions(e), ref.actions)

@@ -34,7 +34,7 @@ def test_import_is_frame_exact_against_pyav(video_dir, tmp_path):
     ds = ClipDataset(tmp_path / "ds", "train", clip_len=2)
     by_source = {}
     for e in range(ds.num_episodes):
-        src = ds._ds.data.table.column("source")[int(np.flatnonzero(ds._ds.data.table.column("episode_id").to_numpy() == ds._eids[e])[0])].as_py()
+        src = ds.episode(e).source
         by_source[src] = ds.episode_frames(e)
     assert set(by_source) == {"a.mp4", "sub/b.mkv", "c.avi"}
     for rel, frames in by_source.items():
