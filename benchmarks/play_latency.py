@@ -1,9 +1,9 @@
 """`genie play` key-to-frame latency, measured in the browser, and where the time goes.
 
     python benchmarks/play_latency.py [--model models/coinrun-cpu] [--data data/play-heldout] [--presses 30]
-                                      [--steps 8] [--contexts 15 4] [--screenshot docs/play.png]
+                                      [--steps 8] [--contexts 15 4] [--window-hops 4 1] [--screenshot docs/play.png]
 
-For each --context it starts `genie play` as a user would (its own process, a free port), opens the
+For each --context and --window-hop it starts `genie play` as a user would (its own process, a free port), opens the
 page in Debian's chromium (Playwright), picks the first --data prompt (or uploads a plain frame), then
 presses the keys 1–8 in turn, `--presses` times, waiting for each frame and 100 ms more (one key at a
 time, none queued). The page itself measures each press: performance.now() at keydown to the animation
@@ -45,10 +45,10 @@ def summary(xs: list[float]) -> dict:
             "n": len(xs)}
 
 
-def start_server(model: Path, data: Path | None, steps: int, context: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, data: Path | None, steps: int, context: int, hop: int) -> tuple[subprocess.Popen, str]:
     shown = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model
     cmd = [sys.executable, "-m", "genie", "play", "--model", str(shown), "--port", "0", "--steps", str(steps),
-           "--context", str(context), "--device", "cpu"] + (["--data", str(data)] if data else [])
+           "--context", str(context), "--window-hop", str(hop), "--device", "cpu"] + (["--data", str(data)] if data else [])
     proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://\S+", line)
@@ -99,8 +99,9 @@ def browser_run(browser, url: str, presses: int, image_size: int, screenshot: Pa
     return {"latency_ms": lat, "model_ms": model_ms, "errors": errors}
 
 
-def profile(model: Path, data: Path | None, steps: int, context: int, reps: int) -> dict:
-    """WorldModel.step at a full context of `context` frames, split into its parts (this process)."""
+def profile(model: Path, data: Path | None, steps: int, context: int, hop: int, reps: int) -> dict:
+    """WorldModel.step at a full context of `context` frames, split into its parts (this process): step_total
+    is the median of `reps` presses in a row (the cache rebuilt on one in `hop`), the parts are one press each."""
     import numpy as np
     import torch
 
@@ -110,12 +111,13 @@ def profile(model: Path, data: Path | None, steps: int, context: int, reps: int)
 
     wm = WorldModel.from_pretrained(model)
     prompt = dataset_prompts(data, wm.image_size, count=1)[0] if data else np.full((wm.image_size,) * 2 + (3,), 96, np.uint8)
-    player = Player(wm, torch.device("cpu"), steps=steps, context=context)
+    player = Player(wm, torch.device("cpu"), steps=steps, context=context, window_hop=hop)
     s = Session(id="profile", steps=steps, temperature=1.0)
     player.set_prompt(s, prompt, "profile")
     for i in range(context):  # fill the context
         player.step(s, i % wm.num_actions)
-    ctx, acts = s.tokens[:, -context:], s.action_tensor[:, -(context - 1):] if context > 1 else s.action_tensor[:, :0]
+    tokens, actions = s.state.tokens, s.state.actions
+    ctx, acts = tokens[:, -context:], actions[:, -(context - 1):] if context > 1 else actions[:, :0]
     a = torch.tensor([[1]])
     parts = {"step_total": [], "dynamics_cache": [], "dynamics_maskgit": [], "decode": [], "message": []}
     g = torch.Generator().manual_seed(0)
@@ -124,7 +126,7 @@ def profile(model: Path, data: Path | None, steps: int, context: int, reps: int)
             t = time.perf_counter()
             player.step(s, r % wm.num_actions)
             parts["step_total"].append(time.perf_counter() - t)
-            player.undo(s)
+        for r in range(reps):
             t = time.perf_counter()
             wm.dynamics(ctx, acts, return_cache=True)
             parts["dynamics_cache"].append(time.perf_counter() - t)
@@ -148,6 +150,8 @@ def main() -> None:
     ap.add_argument("--presses", type=int, default=30)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--contexts", type=int, nargs="+", default=[15, 4])
+    ap.add_argument("--window-hops", type=int, nargs="+", default=[4, 1],
+                    help="genie play --window-hop values (capped by each context)")
     ap.add_argument("--profile-reps", type=int, default=10)
     ap.add_argument("--screenshot", default=None, help="save the page during the first context's presses")
     ap.add_argument("--screenshot-after", type=int, default=6, help="presses before the screenshot")
@@ -170,9 +174,10 @@ def main() -> None:
     runs = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=a.chromium, args=CHROMIUM_ARGS)
-        for i, context in enumerate(a.contexts):
+        settings = list(dict.fromkeys((c, min(h, c)) for c in a.contexts for h in a.window_hops))
+        for i, (context, hop) in enumerate(settings):
             load_before = os.getloadavg()[0]
-            proc, url = start_server(model, data, a.steps, context)
+            proc, url = start_server(model, data, a.steps, context, hop)
             try:
                 r = browser_run(browser, url, a.presses, image_size, Path(a.screenshot) if a.screenshot and i == 0 else None,
                                 a.screenshot_after)
@@ -182,7 +187,7 @@ def main() -> None:
             lat, mod = r["latency_ms"], r["model_ms"]
             outside = [x - m for x, m in zip(lat, mod)]
             full = lat[context:] if len(lat) > context + 2 else lat  # presses made once the context is full
-            run = {"context": context, "steps": a.steps, "presses": len(lat), "latency_ms": summary(lat),
+            run = {"context": context, "window_hop": hop, "steps": a.steps, "presses": len(lat), "latency_ms": summary(lat),
                    "latency_full_context_ms": summary(full), "server_model_ms": summary(mod),
                    "outside_model_ms": summary(outside), "errors": r["errors"],
                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -190,10 +195,10 @@ def main() -> None:
                    # press k (from 1) sees min(k, context) frames: how the model's time grows with the context
                    "context_at_press": [min(k + 1, context) for k in range(len(lat))]}
             load = os.getloadavg()[0]
-            run["profile_ms"] = profile(model, data, a.steps, context, a.profile_reps)
+            run["profile_ms"] = profile(model, data, a.steps, context, hop, a.profile_reps)
             run["profile_load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             runs.append(run)
-            print(f"context {context:2d}: key→frame median {run['latency_ms']['median']:.0f} ms "
+            print(f"context {context:2d}, window hop {hop}: key→frame median {run['latency_ms']['median']:.0f} ms "
                   f"(p10 {run['latency_ms']['p10']:.0f}, p90 {run['latency_ms']['p90']:.0f}; "
                   f"full context {run['latency_full_context_ms']['median']:.0f}) over {len(lat)} presses; "
                   f"model {run['server_model_ms']['median']:.0f} ms, outside it {run['outside_model_ms']['median']:.0f} ms; "

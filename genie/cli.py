@@ -122,7 +122,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     bad = [x for x in actions if not 0 <= x < wm.num_actions]
     if bad:
         raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
-    frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.num_frames - 1)
+    frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.context_frames)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     video = wm.generate(frames_to_video(frames)[None], actions, steps=a.steps, temperature=a.temperature, seed=a.seed,
                         context=a.context, window_hop=a.window_hop)
@@ -167,6 +167,9 @@ def _cmd_probe(a: argparse.Namespace) -> None:
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
+        c = res["confusion"]
+        print(f"keymap accuracy {c['accuracy']:.3f} (always the most frequent action: {c['majority_accuracy']:.3f}), "
+              f"NMI {c['nmi']:.3f} over {c['transitions']} transitions")
 
 
 def _cmd_quickstart(a: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ import torch
 from genie.core import atomic
 from data_pipelines.clips import ClipDataset, video_to_frames
 from genie.core.errors import GenieInputError
-from genie.core.metrics import merge_actions, merged_action_table
+from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info
 from data_pipelines.storage import pick_split
 from genie.core.device import resolve_device, to_device
 
@@ -50,7 +50,7 @@ def lam_rollout(lam, first: torch.Tensor, action: int, repeat: int) -> torch.Ten
     `action`, fed back `repeat` times (the last num_frames - 1 frames are its context)."""
     video = first
     for _ in range(repeat):
-        context = video[:, -(lam.config.num_frames - 1):]
+        context = video[:, -lam.config.context_frames:]
         actions = torch.full(context.shape[:2], action, dtype=torch.long, device=context.device)
         nxt = lam.decode_with_actions(context, actions)[:, -1:].clamp(-1, 1)
         video = torch.cat([video, nxt], dim=1)
@@ -132,15 +132,24 @@ def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: 
             counts[c, classes.index(int(t))] += 1
         label = [names[c] if names and c < len(names) else str(c) for c in classes]
         keymap = {str(a): (label[int(counts[a].argmax())] if counts[a].sum() else None) for a in range(A)}
+        # how well the keymap names the true action: each latent read as its most frequent true action
+        total = max(int(counts.sum()), 1)
+        scores = {"accuracy": round(float(counts.max(axis=1).sum()) / total, 4),
+                  "majority_accuracy": round(float(counts.sum(axis=0).max()) / total, 4),
+                  "nmi": round(float(normalized_mutual_info(codes, true)), 4), "transitions": len(codes)}
         atomic.write_text(out / "confusion.json", json.dumps({"rows": "latent action", "columns": label,
-                                                              "counts": counts.tolist()}, indent=2))
+                                                              "counts": counts.tolist(), **scores}, indent=2))
         atomic.write_text(out / "keymap.json", json.dumps(keymap, indent=2))
         with atomic.atomic_file(out / "confusion.png") as tmp:
             Image.fromarray(_heatmap(counts)).save(tmp)
-        result.update(files=result["files"] + ["confusion.json", "confusion.png", "keymap.json"], keymap=keymap)
+        result.update(files=result["files"] + ["confusion.json", "confusion.png", "keymap.json"], keymap=keymap,
+                      confusion=scores)
         head = "".join(f"<th>{html.escape(x)}</th>" for x in label)
         body = "".join(f"<tr><th>{a}</th>" + "".join(f"<td>{v}</td>" for v in counts[a]) + "</tr>" for a in range(A))
         confusion_html = (f"<h2>Latent vs true actions ({len(codes)} transitions)</h2><img src='confusion.png'>"
+                          f"<p>Keymap accuracy (each latent read as its most frequent true action): "
+                          f"{scores['accuracy']:.3f} against {scores['majority_accuracy']:.3f} for always the most "
+                          f"frequent action; NMI {scores['nmi']:.3f}.</p>"
                           f"<table border=1><tr><th>latent</th>{head}</tr>{body}</table>"
                           f"<h2>Suggested keymap</h2><pre>{html.escape(json.dumps(keymap, indent=2))}</pre>")
     gifs = "".join(f"<figure><img src='action_{a}.gif'><figcaption>action {a}</figcaption></figure>" for a in range(A))

@@ -105,6 +105,10 @@ def test_probe_writes_its_files(world, tmp_path):  # noqa: F811
     assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
     conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())
     assert len(conf["counts"]) == 8 and sum(map(sum, conf["counts"])) > 0
+    counts = np.array(conf["counts"])  # the keymap's accuracy: each latent read as its most frequent true action
+    assert conf["accuracy"] == round(counts.max(1).sum() / counts.sum(), 4) and conf["transitions"] == counts.sum()
+    assert conf["majority_accuracy"] == round(counts.sum(0).max() / counts.sum(), 4) <= conf["accuracy"]
+    assert "keymap accuracy" in p.stdout
 
 
 def test_a_rollout_shorter_than_delta_t_reports_delta_at_its_last_step(world, tmp_path):  # noqa: F811
