@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from genie.core.config import StageConfig
+from genie.core.config import StageConfig, check_at_least, check_positive_ints, check_transformer
 
 ACTION_CONDITIONINGS = ("additive", "token")
 
@@ -47,22 +47,10 @@ class DynamicsConfig(StageConfig):
         for side in self.grid:
             if isinstance(side, bool) or not isinstance(side, int) or side < 1:
                 raise ValueError(f"grid must be two positive integers (h, w), got {self.grid!r}")
-        positive_ints = ("vocab_size", "num_actions", "width", "depth", "num_heads", "num_frames")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
-        if self.num_frames < 2:
-            # One frame has no transition to predict.
-            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
-        if self.width % self.num_heads != 0:
-            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_positive_ints(self, "vocab_size", "num_actions", "width", "depth", "num_heads", "num_frames")
+        check_at_least(self, "vocab_size", 2)
+        check_at_least(self, "num_frames", 2)  # one frame has no transition to predict
+        check_transformer(self)
         if self.action_conditioning not in ACTION_CONDITIONINGS:
             raise ValueError(
                 f"action_conditioning must be one of {ACTION_CONDITIONINGS}, got {self.action_conditioning!r}"
@@ -90,8 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_heads=2,
         num_frames=4,
     ),
-    # Provisional size for training on 2 CPU cores (16x16 tokens of a 64x64 frame at patch 4);
-    # to be retuned by measurement.
+    # For training on 2 CPU cores (16x16 tokens of a 64x64 frame at patch 4); the committed
+    # pretrained/ dynamics model has these sizes.
     "cpu": dict(
         vocab_size=1024,
         grid=(16, 16),
@@ -112,3 +100,4 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=16,
     ),
 }
+DynamicsConfig.PRESETS = PRESETS

@@ -228,7 +228,7 @@ class Player:
                  keymap: dict[int, str | None] | None = None, model_dir: str = "", idle_timeout: float = 600.0,
                  max_sessions: int = 32, max_frames: int = 1000):
         self.wm, self.device = wm, device
-        self.window = wm.dynamics.config.num_frames - 1
+        self.window = wm.dynamics.config.context_frames
         self.context = self.window if context is None else context
         check_settings(steps, temperature)
         if not 1 <= self.context <= self.window:

@@ -45,7 +45,7 @@ class Rollout:
             raise ValueError("a rollout needs a prompt of at least one frame")
         if t0 > 1 and (prompt_actions is None or prompt_actions.shape != (b, t0 - 1)):
             raise ValueError(f"a prompt of {t0} frames needs prompt_actions of shape ({b}, {t0 - 1})")
-        max_context = dynamics.config.num_frames - 1
+        max_context = dynamics.config.context_frames
         context = max_context if context is None else context
         if not 1 <= context <= max_context:
             raise ValueError(f"context must be in [1, {max_context}] (the model's num_frames - 1), got {context}")

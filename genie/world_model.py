@@ -165,7 +165,7 @@ class WorldModel(nn.Module):
         """Prompt video (b, t0, c, H, W) → its tokens (b, t0, h, w) and LAM actions between its frames (b, t0-1)."""
         prompt = self._prompt(prompt).to(self.device)
         window = self.tokenizer.config.num_frames
-        prompt = prompt[:, -min(prompt.shape[1], window, self.dynamics.config.num_frames - 1):]
+        prompt = prompt[:, -min(prompt.shape[1], window, self.dynamics.config.context_frames):]
         tokens = self.tokenizer.encode(prompt)
         actions = self.lam.infer_actions(prompt) if prompt.shape[1] > 1 else tokens.new_zeros((prompt.shape[0], 0))
         return tokens, actions
@@ -197,7 +197,7 @@ class WorldModel(nn.Module):
         return decode_tokens(self.tokenizer, out).clamp(-1, 1)
 
     def _check_window(self, context: int | None, window_hop: int) -> None:
-        full = self.dynamics.config.num_frames - 1
+        full = self.dynamics.config.context_frames
         c = full if context is None else context
         if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= full:
             raise GenieInputError(f"context {context!r}: must be 1..{full} (the dynamics model's "

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from genie.core.config import PatchGridConfig, StageConfig, check_image_size
+from genie.core.config import (
+    PatchGridConfig,
+    StageConfig,
+    check_at_least,
+    check_image_size,
+    check_positive_ints,
+    check_transformer,
+    check_unit_interval,
+    check_vector_quantizer,
+)
 
 
 @dataclass
@@ -51,44 +60,16 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     decoder_motion: bool = False
 
     def __post_init__(self) -> None:
-        positive_ints = (
-            "channels",
-            "patch_size",
-            "width",
-            "depth_encoder",
-            "depth_decoder",
-            "num_heads",
-            "num_actions",
-            "code_dim",
-            "num_frames",
-            "kmeans_iters",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
+                            "num_actions", "code_dim", "num_frames", "kmeans_iters")
         self.image_size = check_image_size(self.image_size, self.patch_size)
-        if self.width % self.num_heads != 0:
-            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
-        if self.num_actions < 2:
-            raise ValueError(f"num_actions must be >= 2, got {self.num_actions}")
-        if self.num_frames < 2:
-            # One transition needs two frames.
-            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.commitment_weight < 0:
-            raise ValueError(f"commitment_weight must be >= 0, got {self.commitment_weight}")
-        if not 0.0 <= self.vq_decay < 1.0:
-            raise ValueError(f"vq_decay must be in [0, 1), got {self.vq_decay}")
-        if self.threshold_ema_dead_code < 0:
-            raise ValueError(f"threshold_ema_dead_code must be >= 0, got {self.threshold_ema_dead_code}")
+        check_at_least(self, "num_actions", 2)
+        check_at_least(self, "num_frames", 2)  # one transition needs two frames
+        check_transformer(self)
+        check_vector_quantizer(self)
         if not isinstance(self.decoder_motion, bool):
             raise ValueError(f"decoder_motion must be true or false, got {self.decoder_motion!r}")
-        if not 0.0 <= self.decoder_mask_ratio < 1.0:
-            raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {self.decoder_mask_ratio}")
+        check_unit_interval(self, "decoder_mask_ratio")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=4,
         decoder_motion=True,
     ),
-    # Provisional size for training on 2 CPU cores; to be retuned by measurement.
+    # For training on 2 CPU cores; the committed pretrained/ LAM has these sizes.
     "cpu": dict(
         patch_size=8,
         width=128,
@@ -131,3 +112,4 @@ PRESETS: dict[str, dict[str, Any]] = {
         decoder_motion=True,  # not in the paper: see the class docstring
     ),
 }
+LatentActionConfig.PRESETS = PRESETS

@@ -87,7 +87,7 @@ class LatentActionModel(nn.Module):
             config.depth_decoder,
             config.num_heads,
             num_tokens=n,
-            num_frames=config.num_frames - 1,
+            num_frames=config.context_frames,
             mlp_ratio=config.mlp_ratio,
             dropout=config.dropout,
             causal=True,
@@ -245,6 +245,6 @@ class LatentActionModel(nn.Module):
         mode with actions = infer_actions(video) and context = video[:, :-1] this equals
         forward(video).pred; with other ids it shows what each latent action does.
         """
-        self._check_video(context, 1, self.config.num_frames - 1, "context")
+        self._check_video(context, 1, self.config.context_frames, "context")
         self._check_actions(actions, context)
         return self._decode(context, self.embed_actions(actions))

@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from genie.core.config import PatchGridConfig, StageConfig, check_image_size
+from genie.core.config import (
+    PatchGridConfig,
+    StageConfig,
+    check_at_least,
+    check_image_size,
+    check_positive_ints,
+    check_transformer,
+    check_vector_quantizer,
+)
 
 QUANTIZERS = ("vq", "fsq")
 
@@ -42,39 +50,14 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
 
     def __post_init__(self) -> None:
         self.fsq_levels = tuple(int(level) for level in self.fsq_levels)
-        positive_ints = (
-            "channels",
-            "patch_size",
-            "width",
-            "depth_encoder",
-            "depth_decoder",
-            "num_heads",
-            "codebook_size",
-            "code_dim",
-            "num_frames",
-            "kmeans_iters",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
+                            "codebook_size", "code_dim", "num_frames", "kmeans_iters")
         self.image_size = check_image_size(self.image_size, self.patch_size)
-        if self.width % self.num_heads != 0:
-            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.commitment_weight < 0:
-            raise ValueError(f"commitment_weight must be >= 0, got {self.commitment_weight}")
-        if not 0.0 <= self.vq_decay < 1.0:
-            raise ValueError(f"vq_decay must be in [0, 1), got {self.vq_decay}")
-        if self.threshold_ema_dead_code < 0:
-            raise ValueError(f"threshold_ema_dead_code must be >= 0, got {self.threshold_ema_dead_code}")
+        check_transformer(self)
+        check_vector_quantizer(self)
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        check_at_least(self, "codebook_size", 2)
         if not self.fsq_levels or any(level < 3 for level in self.fsq_levels):
             # vector-quantize-pytorch's FSQ rejects 2 levels unless symmetry-preserving rounding is on.
             raise ValueError(f"fsq_levels must be a non-empty list of integers >= 3, got {list(self.fsq_levels)}")
@@ -99,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         fsq_levels=(8, 4),
         num_frames=4,
     ),
-    # Provisional size for training on 2 CPU cores; to be retuned by measurement.
+    # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes.
     "cpu": dict(
         patch_size=4,
         width=128,
@@ -123,3 +106,4 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=16,
     ),
 }
+TokenizerConfig.PRESETS = PRESETS

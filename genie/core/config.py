@@ -1,10 +1,54 @@
-"""What every stage config shares: JSON round trip, strict loading, named presets."""
+"""What every stage config shares: JSON round trip, strict loading, named presets, the checks of its values."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from typing import Any
+from typing import Any, ClassVar
+
+
+def check_positive_ints(config: Any, *names: str) -> None:
+    """Each named field is an int >= 1 (a bool is not)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_at_least(config: Any, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def check_unit_interval(config: Any, *names: str) -> None:
+    """Each named field is in [0, 1) (dropout, decays, mask ratios)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def check_non_negative(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_transformer(config: Any) -> None:
+    """`width` splits into `num_heads` heads; `mlp_ratio` > 0; `dropout` in [0, 1)."""
+    if config.width % config.num_heads != 0:
+        raise ValueError(f"width ({config.width}) must be divisible by num_heads ({config.num_heads})")
+    if config.mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be > 0, got {config.mlp_ratio}")
+    check_unit_interval(config, "dropout")
+
+
+def check_vector_quantizer(config: Any) -> None:
+    """The VQ settings of vector-quantize-pytorch (commitment, EMA decay, dead-code threshold)."""
+    check_non_negative(config, "commitment_weight")
+    check_unit_interval(config, "vq_decay")
+    check_non_negative(config, "threshold_ema_dead_code")
 
 
 def check_image_size(value: Any, patch_size: int) -> int | tuple[int, int]:
@@ -64,10 +108,17 @@ class PatchGridConfig:
 
 
 class StageConfig:
-    """Mixin for the stage config dataclasses. Presets live in the config module's `PRESETS` dict;
-    `PRESET_KIND` names the stage in error messages."""
+    """Mixin for the stage config dataclasses. `PRESETS` (set by each config module beside its class) holds
+    the named presets; `PRESET_KIND` names the stage in error messages."""
 
     PRESET_KIND = "model"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @property
+    def context_frames(self) -> int:
+        """Most past frames a model of `num_frames` conditions on when it predicts one more: the last frame of
+        its window is only ever a target (Genie §2.2-2.3)."""
+        return self.num_frames - 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field (tuples become lists)."""
@@ -84,8 +135,8 @@ class StageConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):
-        """A named preset (the module's PRESETS), optionally with some fields overridden."""
-        presets = sys.modules[cls.__module__].PRESETS
+        """A named preset (`PRESETS`), optionally with some fields overridden."""
+        presets = cls.PRESETS
         if name not in presets:
             raise ValueError(f"unknown {cls.PRESET_KIND} preset {name!r}; choose from {sorted(presets)}")
         return cls.from_dict({**presets[name], **overrides})
