@@ -49,9 +49,9 @@ def main() -> None:
     ap.add_argument("--name", default="tokenizer_quality_cpu")
     a = ap.parse_args()
     from data_pipelines.clips import ClipDataset
+    from genie.core.metrics import psnr, ssim
     from genie.export import load_export
     from genie.nn import codebook_usage
-    from genie.core.metrics import psnr, ssim
 
     model = load_export(a.export, "tokenizer")
     cfg = model.config

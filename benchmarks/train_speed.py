@@ -53,7 +53,6 @@ def loss_fn(stage: str, model, batch):
         return F.mse_loss(out.pred.float(), batch[:, 1:]) + out.quant_loss
     tokens, actions = batch
     from dynamics.maskgit import training_mask
-
     from genie.core.device import generator_for
 
     mask = training_mask(tokens.shape, keep_first_frames=1, generator=generator_for(tokens.device, 0), device=tokens.device)

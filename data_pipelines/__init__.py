@@ -3,9 +3,15 @@
 Imports no model package (DESIGN §3). The DataModule lives in `data_pipelines.datamodule` (imports Lightning).
 """
 
-from data_pipelines.clips import ClipDataset, StreamingClipDataset, VideoFolderClipDataset, frames_to_video, video_to_frames
-from genie.core.errors import GenieInputError
+from data_pipelines.clips import (
+           ClipDataset,
+           StreamingClipDataset,
+           VideoFolderClipDataset,
+           frames_to_video,
+           video_to_frames,
+)
 from data_pipelines.storage import DatasetWriter, Episode, info, load_split, read_card
+from genie.core.errors import GenieInputError
 
 __all__ = ["ClipDataset", "StreamingClipDataset", "VideoFolderClipDataset", "frames_to_video", "video_to_frames",
            "GenieInputError", "DatasetWriter", "Episode", "info", "load_split", "read_card"]

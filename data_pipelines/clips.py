@@ -21,12 +21,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from data_pipelines.storage import Episode, iter_episodes, load_split, read_card
+from data_pipelines.video import assign_splits, list_videos, resize_frames
 from genie.core.errors import GenieInputError
-from data_pipelines.storage import SPLITS, Episode, iter_episodes, load_split, read_card
 
 
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
@@ -85,8 +89,6 @@ class _EpisodeIndex:
 
 def _check_rows(table, frame_bytes: int, has_actions: bool, where: str) -> None:
     """Rows that agree with themselves and the card, so a damaged shard is named instead of read out of bounds."""
-    import pyarrow.compute as pc
-
     try:
         table.validate(full=True)  # offsets inside their buffers, valid UTF-8
         cols = ["episode_id", "offset", "num_frames", "frames"] + (["actions"] if has_actions else [])
@@ -257,8 +259,6 @@ class VideoFolderClipDataset(Dataset):
     def __init__(self, folder: str | os.PathLike, split: str = "train", clip_len: int = 16, stride: int = 1,
                  resolution: int | tuple[int, int] = 64, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  num_clips: int | None = None, seed: int = 0, fit: str = "pad"):
-        from data_pipelines.video import assign_splits, list_videos
-
         _check_clip_args(clip_len, stride)
         self.folder, self.split, self.clip_len, self.stride, self.resolution = Path(folder), split, clip_len, stride, resolution
         self.fit = fit
@@ -303,8 +303,6 @@ class VideoFolderClipDataset(Dataset):
         return len(self.subset) if self.subset is not None else len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        from data_pipelines.video import resize_frames
-
         if self.subset is not None:
             i = int(self.subset[i])
         e, s = self.index.locate(int(i))
@@ -335,7 +333,7 @@ class StreamingClipDataset(IterableDataset):
         self.epoch = 0
 
     @classmethod
-    def from_dataset_dir(cls, path: str | os.PathLike, split: str = "train", **kw) -> "StreamingClipDataset":
+    def from_dataset_dir(cls, path: str | os.PathLike, split: str = "train", **kw) -> StreamingClipDataset:
         read_card(path)
         files = sorted(str(f) for f in (Path(path) / "parquet").glob(f"{split}-*.parquet"))
         if not files:
@@ -353,9 +351,6 @@ class StreamingClipDataset(IterableDataset):
         return 0, 1
 
     def __iter__(self):
-        import datasets
-        from datasets.distributed import split_dataset_by_node
-
         rank, world = self._rank_world()
         ds = datasets.load_dataset("parquet", data_files=self.files, split="train", streaming=True)
         episode_filter = None

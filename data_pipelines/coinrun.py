@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import DEFAULT_CHUNK_LEN, DatasetWriter, Episode
+from genie.core.errors import GenieInputError
 
 NUM_ACTIONS = 15
 # Procgen's combo list for CoinRun: index → buttons. Indices 9..14 press buttons CoinRun ignores
@@ -43,8 +45,6 @@ def split_of_seed(level_seed: int, val_fraction: float, test_fraction: float) ->
 
 def _import_procgen():
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from procgen import ProcgenGym3Env
@@ -125,8 +125,6 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=num_episodes, unit="ep", desc="recording CoinRun", dynamic_ncols=True, mininterval=0.5)
     t0, frames_kept = time.perf_counter(), 0
 

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_pipelines.clips import ClipDataset, StreamingClipDataset, VideoFolderClipDataset
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import CARD_NAME
+from genie.core.errors import GenieInputError
 
 
 class ResumableSampler(DistributedSampler):

@@ -21,10 +21,20 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from genie.core.errors import GenieInputError
+from tqdm.auto import tqdm
+
 from data_pipelines.storage import DEFAULT_CHUNK_LEN, DatasetWriter, Episode
-from data_pipelines.video import (FITS, VideoDecodeError, assign_splits, fit_plan, list_videos, parse_resolution,
-                                  probe_video, read_video_fitted)
+from data_pipelines.video import (
+    FITS,
+    VideoDecodeError,
+    assign_splits,
+    fit_plan,
+    list_videos,
+    parse_resolution,
+    probe_video,
+    read_video_fitted,
+)
+from genie.core.errors import GenieInputError
 
 
 def _crop_note(plan: dict, files: int) -> str | None:
@@ -102,8 +112,6 @@ def import_videos(videos: str | Path, out: str | Path, *, resolution: int | str 
     t0, frames = time.perf_counter(), 0
     it = readable
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(readable, unit="file", desc="importing videos", dynamic_ncols=True)
     with DatasetWriter(out, overwrite=overwrite, chunk_len=chunk_len, card=card, parquet=parquet) as w:
         for f in it:

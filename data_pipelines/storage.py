@@ -32,16 +32,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from genie.core.atomic import disk_full_error, is_disk_full, replace_dir
+from genie.core.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside
 from genie.core.errors import GenieInputError
 
 FORMAT_NAME = "genie-video-dataset"
@@ -108,8 +110,7 @@ class DatasetWriter:
         self.parquet = parquet
         self.chunk_len = chunk_len
         self.card = dict(card or {})
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.tmp = temp_dir_beside(self.out)
         self._writers: dict[str, tuple[pa.ipc.RecordBatchStreamWriter, Any, int]] = {}
         self._shard_index = {s: 0 for s in SPLITS}
         self._next_episode_id = 0
@@ -260,7 +261,7 @@ class DatasetWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._closed = True
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -336,8 +337,6 @@ def split_files(path: str | os.PathLike, split: str) -> list[Path]:
 
 def load_split(path: str | os.PathLike, split: str):
     """The rows of one split as a memory-mapped `datasets.Dataset` (None when the split is empty)."""
-    import datasets
-
     card = read_card(path)
     if split not in SPLITS:
         raise GenieInputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -355,8 +354,6 @@ def load_split(path: str | os.PathLike, split: str):
 
 def write_parquet(path: str | os.PathLike, rows_per_shard: int = 512) -> list[Path]:
     """Export every split as Parquet shards under DIR/parquet/ (for streaming, e.g. from a hub or a bucket)."""
-    import pyarrow.parquet as pq
-
     card = read_card(path)
     out = Path(path) / "parquet"
     out.mkdir(exist_ok=True)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from genie.core.errors import GenieInputError
 
@@ -141,9 +143,6 @@ def fit_plan(src_hw: tuple[int, int], resolution: int | tuple[int, int], fit: st
 
 def _resize(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """uint8 (n, h, w, c) -> (n, H, W, c), antialiased bilinear in bounded memory."""
-    import torch
-    import torch.nn.functional as F
-
     if tuple(frames.shape[1:3]) == tuple(hw):
         return np.ascontiguousarray(frames)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,9 @@ class DynamicsConfig(StageConfig):
     - "token": one extra action token is prepended to the tokens of frame t+1 (spatial attention
       spreads it over the frame); frame 0's action token is the learned "no action" embedding.
     Either way the prediction of frame t+1 sees a_t and nothing of a_{t+1} onwards.
+
+    `prev_token_input` (not in the paper; default off, so older exports load unchanged) adds to every
+    position of frame t the embedding of frame t-1's token there (see `dynamics.model`).
     """
 
     PRESET_KIND = "dynamics"
@@ -39,6 +41,7 @@ class DynamicsConfig(StageConfig):
     num_frames: int = 16
     dropout: float = 0.0
     action_conditioning: str = "additive"
+    prev_token_input: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) or len(self.grid) != 2:
@@ -51,6 +54,8 @@ class DynamicsConfig(StageConfig):
         check_at_least(self, "vocab_size", 2)
         check_at_least(self, "num_frames", 2)  # one frame has no transition to predict
         check_transformer(self)
+        if not isinstance(self.prev_token_input, bool):
+            raise ValueError(f"prev_token_input must be true or false, got {self.prev_token_input!r}")
         if self.action_conditioning not in ACTION_CONDITIONINGS:
             raise ValueError(
                 f"action_conditioning must be one of {ACTION_CONDITIONINGS}, got {self.action_conditioning!r}"

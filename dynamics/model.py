@@ -10,6 +10,12 @@ masked positions with cross-entropy; sampling fills a fully masked frame t+1 wit
 Action alignment (DESIGN §4): `actions[:, i]` is the action taken between frames i and i+1. It
 conditions frame i+1, the frame it leads to; frame 0 gets a learned "no action" embedding.
 
+With `prev_token_input` every position of frame i also gets the embedding of the clean token at the same
+position of frame i-1 (frame 0 of a window: a learned "no previous frame" row, which MASK shares), so
+"keep the previous token" is one embedding → logit map away from the start instead of something
+temporal attention must learn (most of a CoinRun frame does not change between steps). It reads only
+frame i-1 for frame i, so causality holds.
+
 Shape legend: b batch, t frames (the new frames when a cache is used), P cached past frames,
 h w token grid, n flattened tokens (h*w), d width, v codebook size (the MASK id is v),
 a latent-action vocabulary.
@@ -35,6 +41,8 @@ class DynamicsModel(nn.Module):
 
         # vocab_size + 1 entries: the last one is MASK.
         self.token_embed = nn.Embedding(config.vocab_size + 1, d)
+        # The previous frame's token at each position; row vocab_size (= MASK) means "none / unknown".
+        self.prev_embed = nn.Embedding(config.vocab_size + 1, d) if config.prev_token_input else None
         self.action_embed = nn.Embedding(config.num_actions, d)
         # Frame 0 has no incoming action. A separate parameter rather than an extra embedding row,
         # so an out-of-range action id fails loudly instead of silently meaning "no action".
@@ -59,6 +67,8 @@ class DynamicsModel(nn.Module):
         # head follow the same N(0, 0.02). The action embeddings are deliberately not zero-init:
         # the action then moves the logits of the frame it leads to from the first step.
         nn.init.normal_(self.token_embed.weight, std=0.02)
+        if self.prev_embed is not None:
+            nn.init.normal_(self.prev_embed.weight, std=0.02)
         nn.init.normal_(self.action_embed.weight, std=0.02)
         nn.init.normal_(self.no_action, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -116,6 +126,7 @@ class DynamicsModel(nn.Module):
         actions: Tensor | None,
         cache: KVCache | None = None,
         return_cache: bool = False,
+        prev_tokens: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, KVCache]:
         """Logits for every token of the given frames.
 
@@ -125,6 +136,11 @@ class DynamicsModel(nn.Module):
             and conditions frame i+1. None is accepted when P + t == 1.
         cache: temporal keys/values of P earlier frames from a call with `return_cache=True`;
             `tokens` then holds only the new frames P..P+t-1. The cache is not modified.
+        prev_tokens: (b, t, h, w) the clean tokens of the frame before each of the t frames (MASK: none), read
+            only with `prev_token_input`. Default: "none" for the first frame of the window and `tokens[:, i-1]`
+            for frame i, which is right when the earlier frames are clean (sampling, evaluation); training,
+            whose inputs are masked, passes the clean tokens, and so must a call with a cache (for its first
+            new frame the previous one is cached).
         Returns logits (b, t, h, w, v), or (logits, cache of P + t frames) with `return_cache`.
         """
         num_past = 0 if cache is None else cache.num_frames
@@ -132,6 +148,15 @@ class DynamicsModel(nn.Module):
         b, t = tokens.shape[:2]
 
         x = self.token_embed(rearrange(tokens.long(), "b t h w -> b t (h w)"))  # (b, t, n, d)
+        if self.prev_embed is not None:
+            if prev_tokens is None:
+                if num_past:
+                    raise ValueError("prev_tokens (the tokens of the frame before each new frame) are needed with a "
+                                     "cache when the model has prev_token_input")
+                prev_tokens = torch.cat([torch.full_like(tokens[:, :1], self.mask_id), tokens[:, :-1]], dim=1)
+            if prev_tokens.shape != tokens.shape:
+                raise ValueError(f"prev_tokens must be {tuple(tokens.shape)} like tokens, got {tuple(prev_tokens.shape)}")
+            x = x + self.prev_embed(rearrange(prev_tokens.long(), "b t h w -> b t (h w)"))
         act = self._incoming_actions(actions, b, t, num_past)  # (b, t, d)
         if self.config.action_conditioning == "additive":
             x = x + act[:, :, None, :]  # Genie §2.3: added to every token of the frame

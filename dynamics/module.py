@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genie.core.errors import GenieInputError
 from dynamics.config import DynamicsConfig
 from dynamics.maskgit import training_mask
 from dynamics.model import DynamicsModel
 from genie.core.device import generator_for
+from genie.core.errors import GenieInputError
 from genie.core.training import GenieModule
 
 
@@ -80,7 +80,9 @@ class DynamicsModule(GenieModule):
                              generator=generator, keep_first_frames=1, device=tokens.device,
                              clean_prefix_prob=clean_context_prob)
         inp = tokens.masked_fill(mask, self.model.mask_id)
-        logits = self.model(inp, actions)  # (b, t, h, w, v)
+        # with prev_token_input each frame reads the clean previous frame, as it does when sampling
+        prev = torch.cat([torch.full_like(tokens[:, :1], self.model.mask_id), tokens[:, :-1]], dim=1)
+        logits = self.model(inp, actions, prev_tokens=prev)  # (b, t, h, w, v)
         if not mask.any():  # possible only for tiny clips: keep the graph, contribute nothing
             zero = logits.sum() * 0.0
             return zero, zero.detach()

@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from genie.core import atomic
 from genie.core.errors import GenieInputError
@@ -61,7 +62,7 @@ def _cmd_info(a: argparse.Namespace) -> None:
         return
     print(f"{d['path']}  ({d['source']})")
     print(f"  episodes {d['episodes']}, frames {d['frames']}, resolution {d['resolution'][0]}×{d['resolution'][1]}×{d['channels']}")
-    print(f"  actions: " + (f"yes, {d['num_actions']} ids" if d["has_actions"] else "none (unlabeled video)"))
+    print("  actions: " + (f"yes, {d['num_actions']} ids" if d["has_actions"] else "none (unlabeled video)"))
     for s, st in d["splits"].items():
         extra = f", {st['num_level_seeds']} levels" if st["num_level_seeds"] else ""
         print(f"  {s:5s}: {st['episodes']} episodes, {st['frames']} frames{extra}")
@@ -140,8 +141,6 @@ def _cmd_assemble(a: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from genie.evaluate import evaluate, markdown_table
 
     out = Path(a.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate import PartialState
 
 
 def launched() -> bool:
@@ -23,8 +24,6 @@ def process_state(device: torch.device):
     On CUDA each process takes the GPU of its local rank; on the CPU the processes talk over gloo."""
     if not launched():
         return None, device
-    from accelerate import PartialState
-
     if device.type == "cuda":
         state = PartialState()
         return state, state.device

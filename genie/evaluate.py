@@ -11,6 +11,7 @@ Clips are a fixed, seeded subset of the split, so the same seed gives the same n
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from contextlib import nullcontext
@@ -18,14 +19,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
+from einops import reduce
+from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset
-from genie.core.errors import GenieInputError
-from data_pipelines.storage import pick_split
+from data_pipelines.storage import pick_split, read_card
 from genie.core.device import generator_for, resolve_device, to_device
-from genie.distributed import process_state
+from genie.core.errors import GenieInputError
 from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info, psnr, ssim
 from genie.core.registry import STAGES
+from genie.distributed import process_state
+from genie.export import load_export
+from genie.fvd import fvd_report, i3d_features, load_i3d
+from genie.idm_probe import check_same_classes, probe_for
+from genie.nn import codebook_usage
+from genie.sampling import decode_tokens, rollout_tokens
+from genie.world_model import WorldModel
 
 
 def linear_probe_accuracy(codes: np.ndarray, labels: np.ndarray, num_codes: int, seed: int = 0,
@@ -87,8 +97,6 @@ def _gather(state, *lists: list) -> tuple[list, ...]:
     """Per-batch results of every process, in batch order (the shares are contiguous and gathered in rank order)."""
     if state is None:
         return lists
-    from accelerate.utils import gather_object
-
     return tuple(gather_object(list(x)) for x in lists)
 
 
@@ -104,8 +112,6 @@ def token_stability_counts(indices: torch.Tensor, video: torch.Tensor, patch_siz
     indices (b, t, h, w) token ids of video (b, t, c, H, W) in [-1, 1], one token per p×p pixel patch
     (`patch_size` p). Returns int64 [identical, transitions, identical on unchanged patches, unchanged
     patches] summed over the batch (on the CPU), so batches add up."""
-    from einops import reduce
-
     same = indices[:, 1:] == indices[:, :-1]  # (b, t-1, h, w)
     diff = (video[:, 1:] - video[:, :-1]).abs()
     change = reduce(diff, "b t c (h p1) (w p2) -> b t h w", "max", p1=patch_size, p2=patch_size)
@@ -121,8 +127,6 @@ def _share(num: int, den: int) -> float | None:
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
                        state=None) -> dict:
-    from genie.nn import codebook_usage
-
     ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
     ps, ss, ids, stab = [], [], [], []
     for b in _batches(ds, batch, _device_of(tokenizer), state):
@@ -151,9 +155,6 @@ def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: 
                   settings=None):
     """(probe or None, info) for evaluate_lam: the supervised inverse-dynamics ceiling trained on the labelled
     train split of `probe_data` (default `data`); None when `data` has no true actions to score against."""
-    from data_pipelines.storage import read_card
-    from genie.idm_probe import check_same_classes, probe_for
-
     card = read_card(data)
     if not card.get("has_actions"):
         return None
@@ -169,8 +170,6 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
                  probe=None, state=None) -> dict:
     """LAM figures on a fixed clip subset. `probe`: (model or None, info) from `genie.idm_probe.probe_for`:
     the supervised inverse-dynamics ceiling, scored on the same transitions and merged classes."""
-    from genie.nn import codebook_usage
-
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
     codes, true, p_inf, p_rand, ceiling = [], [], [], [], []
     probe_net, probe_info = probe if probe is not None else (None, None)
@@ -233,8 +232,6 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
 
     With an `i3d` network (genie.fvd), also the FVD of the rollouts (prompt + generated frames) and of the
     copy-last-frame clips against the true clips."""
-    from genie.sampling import decode_tokens, rollout_tokens
-
     if horizon < 1:
         raise GenieInputError(f"--horizon must be >= 1, got {horizon}")
     delta_t = min(delta_t, horizon)  # ΔtPSNR at t = 4 (Genie §3), or at the last step of a shorter rollout
@@ -264,8 +261,6 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         gen_r = rollout(prompt, rand, g)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())
         if i3d is not None:
-            from genie.fvd import i3d_features
-
             feats["real"].append(i3d_features(i3d, video))
             feats["generated"].append(i3d_features(i3d, torch.cat([video[:, :1], gen], 1)))
             feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
@@ -277,8 +272,6 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
     ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
     fvd = None
     if i3d is not None:
-        from genie.fvd import fvd_report
-
         f = {k: torch.cat(v) for k, v in feats.items()}
         fvd = fvd_report(f["real"], f["generated"], f["copy_last"], frames=horizon + 1,
                          source_size=tuple(ds[0]["video"].shape[-2:]))
@@ -306,10 +299,6 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling probe scored beside the
     LAM (default `data`); `probe_cache`: where trained probes are cached (default `<probe_data>/.genie-cache`)."""
-    import json
-
-    from genie.export import load_export
-
     dev = resolve_device(device)
     p = Path(model_dir)
     if not p.is_dir():
@@ -329,8 +318,6 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
         raise GenieInputError(f"{p}: holds no genie export (expected tokenizer/, lam/, dynamics/ or config.json)")
     i3d_net = None
     if i3d is not None:  # load first: a bad weights file fails before minutes of evaluation
-        from genie.fvd import load_i3d
-
         i3d_net = load_i3d(i3d)
     state, dev = process_state(dev)  # under torchrun: this process's share of the clips, gathered at the end
     split, note = pick_split(data, split)
@@ -341,8 +328,6 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
         i3d_net = to_device(i3d_net, dev, str(i3d))
     bar = None
     if progress and (state is None or state.is_main_process):
-        from tqdm.auto import tqdm
-
         bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True)
     tick = bar.update if bar is not None else None
     out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed,
@@ -354,8 +339,6 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
             probe = ceiling_probe(data, probe_data, probe_cache, seed, dev)
         out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state)
     if len(stages) == 3:
-        from genie.world_model import WorldModel
-
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
         out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
                                                   steps=steps, temperature=temperature, progress=tick, i3d=i3d_net,

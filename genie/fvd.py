@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from genie.core.errors import GenieInputError
@@ -102,9 +103,9 @@ class I3D(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = getattr(self, "Conv3d_1a_7x7")(x)
+        x = self.Conv3d_1a_7x7(x)
         x = _pool(x, (1, 3, 3), (1, 2, 2))
-        x = getattr(self, "Conv3d_2c_3x3")(getattr(self, "Conv3d_2b_1x1")(x))
+        x = self.Conv3d_2c_3x3(self.Conv3d_2b_1x1(x))
         for name, _, _ in _BLOCKS:
             if name in _POOL_BEFORE:
                 x = _pool(x, *_POOL_BEFORE[name])
@@ -119,8 +120,6 @@ def load_i3d(path: str | Path) -> I3D:
     if not p.is_file():
         raise GenieInputError(f"{p}: no such I3D weights file (genie never downloads it; pass a local path)")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             state = load_file(str(p))
         except Exception as e:  # noqa: BLE001  (any parse failure is a bad input)

@@ -48,15 +48,20 @@ import tempfile
 import threading
 import time
 import traceback
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
-from data_pipelines.clips import frames_to_video, video_to_frames
-from genie.core.errors import GenieInputError
+from data_pipelines.clips import ClipDataset, frames_to_video, video_to_frames
+from data_pipelines.storage import SPLITS, read_card
+from data_pipelines.video import resize_frames
 from genie.core.device import resolve_device
+from genie.core.errors import GenieInputError
+from genie.video_io import write_clip
 from genie.world_model import GenieState, WorldModel
 
 STATIC_DIR = Path(__file__).with_name("play_static")
@@ -133,10 +138,6 @@ def controls(num_actions: int, keymap: dict[int, str | None] | None) -> list[dic
 def dataset_prompts(data: str | Path, image_size: int, count: int = 16, split: str | None = None) -> list[np.ndarray]:
     """Up to `count` prompt frames uint8 (H, W, 3) from a dataset folder: the first frame of episodes
     spread over the split (default: test, else val, else train), resized like `genie generate` does."""
-    from data_pipelines.clips import ClipDataset
-    from data_pipelines.storage import SPLITS, read_card
-    from data_pipelines.video import resize_frames
-
     card = read_card(data)
     if np.dtype(card.get("dtype", "uint8")) != np.uint8 or card.get("channels", 3) != 3:
         raise GenieInputError(f"{data}: --data must be an RGB video dataset (this one holds "
@@ -164,10 +165,6 @@ def upload_type(content_type: str | None) -> str:
 def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.ndarray:
     """An uploaded PNG/JPEG → uint8 (H, W, 3) letterboxed (fit pad) and resized to the model's size, as
     `genie generate` reads a prompt (genie.video_io.read_prompt). Raises PlayRequestError 413/415/400."""
-    from PIL import Image, UnidentifiedImageError
-
-    from data_pipelines.video import resize_frames
-
     ctype = upload_type(content_type)
     if len(body) > MAX_UPLOAD_BYTES:
         raise PlayRequestError(413, f"upload of {len(body)} bytes is over the limit of {MAX_UPLOAD_BYTES} bytes")
@@ -190,8 +187,6 @@ def decode_upload(body: bytes, content_type: str | None, image_size: int) -> np.
 
 
 def png_bytes(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return buf.getvalue()
@@ -372,8 +367,6 @@ class Player:
                 "note": "genie generate gives the same frames when every frame used the same steps and temperature"}
 
     def clip_bytes(self, s: Session, fmt: str) -> bytes:
-        from genie.video_io import write_clip
-
         with s.lock:
             frames = np.stack(s.frames) if s.frames else None
         if frames is None:
@@ -630,8 +623,6 @@ def create_app(player: Player, allowed_hosts: list[str] | None = None, runner: M
         while True:
             await asyncio.sleep(sweep_every)
             player.sweep()
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):

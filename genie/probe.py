@@ -22,13 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from genie.core import atomic
 from data_pipelines.clips import ClipDataset, video_to_frames
+from data_pipelines.storage import pick_split
+from genie.core import atomic
+from genie.core.device import resolve_device, to_device
 from genie.core.errors import GenieInputError
 from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info
-from data_pipelines.storage import pick_split
-from genie.core.device import resolve_device, to_device
+from genie.export import load_export
+from genie.video_io import write_clip
+from genie.world_model import WorldModel
 
 
 def _upscale(img: np.ndarray, s: int) -> np.ndarray:
@@ -59,9 +63,6 @@ def lam_rollout(lam, first: torch.Tensor, action: int, repeat: int) -> torch.Ten
 
 def _load(model_dir: str | Path, dev: torch.device):
     """(world model or None, LAM) from a world-model folder or a LAM export."""
-    from genie.export import load_export
-    from genie.world_model import WorldModel
-
     p = Path(model_dir)
     if (p / "config.json").is_file():
         stage = json.loads((p / "config.json").read_text()).get("genie_stage")
@@ -78,10 +79,6 @@ def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: 
           split: str | None = None, steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
           device: str | torch.device = "auto") -> dict:
     """`split` None: test, else val, else train (said on stderr)."""
-    from PIL import Image
-
-    from genie.video_io import write_clip
-
     dev = resolve_device(device)
     wm, lam = _load(model_dir, dev)
     split, note = pick_split(data, split)

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
+import yaml
 
+from data_pipelines.clips import ClipDataset, video_to_frames
+from data_pipelines.coinrun import record_coinrun
+from data_pipelines.importing import import_videos
+from data_pipelines.storage import pick_split, read_card
+from data_pipelines.video import VideoDecodeError, decode_video, list_videos, parse_resolution, probe_video
 from genie.core import atomic
-from genie.core.errors import GenieInputError
 from genie.core.device import resolve_device
+from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
+from genie.evaluate import evaluate, markdown_table
+from genie.export import load_export
+from genie.probe import probe
 from genie.stages import stage_class
+from genie.tokenize import tokenize_dataset
+from genie.train import run_train
+from genie.video_io import write_clip
+from genie.world_model import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
@@ -55,10 +69,6 @@ def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, dev
     """Frames/s of tokenising (tokenizer + LAM encode) and of a dynamics training step on `device`, timed here.
 
     The time split between tokenising and dynamics training uses these rather than constants for one machine."""
-    import yaml
-
-    from genie.export import load_export
-
     tok = load_export(tokenizer_dir, "tokenizer").to(device)
     lam = load_export(lam_dir, "lam").to(device)
     cfg = yaml.safe_load(dynamics_config.read_text())
@@ -107,10 +117,6 @@ def video_resolution(videos: str | Path, long_side: int = 64, multiple: int = 16
     """(H, W) for a folder of videos: the most common source aspect, the long side `long_side` and the short
     side rounded to a `multiple` (every preset's patch sizes divide 16), so `--fit pad` adds thin bars at
     most and nothing is cropped. Square sources give long_side × long_side."""
-    from collections import Counter
-
-    from data_pipelines.video import VideoDecodeError, decode_video, list_videos, probe_video
-
     files, _ = list_videos(videos)
     sizes: Counter = Counter()
     for f in files[:8]:
@@ -133,8 +139,6 @@ def video_resolution(videos: str | Path, long_side: int = 64, multiple: int = 16
 
 def _stage_model(stage: str, config_yaml: Path, image_size: tuple[int, int], grid: tuple[int, int] | None = None):
     """The plain model of a stage's YAML at `image_size` (dynamics: on the token `grid`), for timing a step."""
-    import yaml
-
     cfg = dict(yaml.safe_load(config_yaml.read_text())["model"]["config"])
     size = {"grid": list(grid)} if STAGES[stage].data == "tokens" else {"image_size": list(image_size)}
     return stage_class(stage, "model")(stage_class(stage, "config").from_dict({**cfg, **size}))
@@ -144,8 +148,6 @@ def step_seconds(stage: str, config_yaml: Path, image_size: tuple[int, int], dev
                  batch_size: int | None = None, grid: tuple[int, int] | None = None) -> float:
     """Seconds of one bare training step (forward, backward, AdamW) of a stage on `device`, timed here,
     so the validation interval can follow the number of steps the budget allows."""
-    import yaml
-
     data = yaml.safe_load(config_yaml.read_text())["data"]
     b, t = batch_size or data["batch_size"], data["clip_len"]
     model = _stage_model(stage, config_yaml, image_size, grid).to(device).train()
@@ -190,13 +192,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     """The whole pipeline. With `videos`, a folder of the user's own video files replaces CoinRun: they are
     imported (letterboxed to `resolution`, default: 64 on the long side at the videos' aspect), split by file
     (held-out files are evaluated: test, else val, else train) and the models are built for that size."""
-    from data_pipelines.coinrun import record_coinrun
-    from data_pipelines.storage import pick_split
-    from genie.evaluate import evaluate, markdown_table
-    from genie.probe import probe
-    from genie.train import run_train
-    from genie.world_model import WorldModel
-
     t0 = time.perf_counter()
     dev = resolve_device(device)
     out = Path(out)
@@ -209,8 +204,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         raise GenieInputError("--pretrained uses the committed CoinRun models; with --videos the models are trained "
                               "on your videos (leave out --pretrained)")
     if videos is not None:
-        from data_pipelines.video import list_videos, parse_resolution
-
         list_videos(videos)  # a missing or empty folder fails before anything is written
         size = parse_resolution(resolution) if resolution is not None else video_resolution(videos)
         if size[0] % 16 or size[1] % 16:
@@ -226,8 +219,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     data, heldout = out / "data" / "coinrun", out / "data" / "heldout"
     eval_split = "test"
     if videos is not None:
-        from data_pipelines.importing import import_videos
-
         data = heldout = out / "data" / "videos"
         print(f"[1/6] importing {videos} at {size[1]}×{size[0]} (width×height, --fit pad: whole frames, letterboxed)")
         imp = import_videos(videos, data, resolution=size, fit="pad", overwrite=True, progress=not tiny)
@@ -261,8 +252,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         common = (["--trainer.enable_progress_bar", "false"] if tiny else []) + trainer_args(dev, tiny)
         batch = HARDWARE["cuda" if dev.type == "cuda" else "cpu"]["batch_size"]
         yamls = {st: REPO / "configs" / spec.package / f"{preset}.yaml" for st, spec in STAGES.items()}
-        import yaml
-
         tok_patch = yaml.safe_load(yamls["tokenizer"].read_text())["model"]["config"]["patch_size"]
         grid = (size[0] // tok_patch, size[1] // tok_patch)
         # video stages take the frame size, the dynamics stage the token grid
@@ -290,9 +279,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
             run_train(stage, ["--config", str(yamls[stage]),
                               "--data.data", str(data), "--trainer.default_root_dir", str(runs[stage]),
                               "--trainer.max_time", _hms(train_minutes * STAGES[stage].train_share), *extra, *common])
-        from data_pipelines.storage import read_card
-        from genie.tokenize import tokenize_dataset
-
         left = minutes_left()
         limit = None
         if not tiny:  # tokenising time τ and training time left − τ, with tokenize_fps·τ = train_fps·(left − τ)
@@ -337,9 +323,6 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
           device=dev, split=eval_split)
 
     print("[6/6] generating sample clips")
-    from data_pipelines.clips import ClipDataset, video_to_frames
-    from genie.video_io import write_clip
-
     wm = WorldModel.from_pretrained(model).to(dev)
     prompt = ClipDataset(heldout, eval_split, clip_len=1, num_clips=1, seed=0)[0]["video"]
     samples = []

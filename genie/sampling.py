@@ -94,12 +94,13 @@ class Rollout:
                 self.cached_from, self.cached_upto = start, t_new
             elif self.cached_upto < t_new:  # frames generated since the last call: commit them (their compute only)
                 new = torch.stack(self.frames[self.cached_upto:t_new], dim=1)
-                _, self.cache = dyn(new, ctx_actions[:, :-1], cache=self.cache, return_cache=True)
+                prev = torch.stack(self.frames[self.cached_upto - 1:t_new - 1], dim=1)
+                _, self.cache = dyn(new, ctx_actions[:, :-1], cache=self.cache, return_cache=True, prev_tokens=prev)
                 self.cached_upto = t_new
-            cache = self.cache
+            cache, prev = self.cache, self.frames[t_new - 1][:, None]  # the frame before the new one
 
             def logits_fn(x: Tensor) -> Tensor:
-                out = dyn(x.view(b, 1, h, w), ctx_actions, cache=cache)
+                out = dyn(x.view(b, 1, h, w), ctx_actions, cache=cache, prev_tokens=prev)
                 return rearrange(out, "b 1 h w v -> b (h w) v")
         else:
             context = torch.stack(self.frames[start:t_new], dim=1)

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset, frames_to_video
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import SPLITS, DatasetWriter, Episode, read_card
+from genie.core.config import format_hw
 from genie.core.device import resolve_device, to_device
+from genie.core.errors import GenieInputError
 from genie.distributed import process_state
 from genie.export import load_export
-from genie.core.config import format_hw
 
 
 @torch.no_grad()
@@ -72,8 +74,6 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
                                "window": window}, source_dataset=str(data), vocab_size=cfg.codebook_size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total, unit="frame", desc="tokenizing", dynamic_ncols=True, mininterval=0.5)
     state, dev = process_state(dev)
     if state is not None:
@@ -103,8 +103,6 @@ def tokenize_dataset(tokenizer_dir: str | Path, data: str | Path, out: str | Pat
                 w.add_episode(encode(split, e), split)
             path = w.close()
     else:  # several processes: contiguous shares of the episodes, gathered in order, written by the main process
-        from accelerate.utils import gather_object
-
         with state.split_between_processes(work) as mine:
             done = [(split, encode(split, e)) for split, e in mine]
         done = gather_object(done)

@@ -91,7 +91,7 @@ class GenieCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--checkpoint_every", type=Optional[int], default=None,
+        parser.add_argument("--checkpoint_every", type=Optional[int], default=None,  # noqa: UP045 (a type jsonargparse reads)
                             help="write checkpoints/last.ckpt every N training steps (default: every "
                                  "trainer.val_check_interval steps); resume with --ckpt_path last")
 

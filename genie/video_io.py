@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames, target_hw
 from genie.core.atomic import atomic_file
 from genie.core.errors import GenieInputError
 
@@ -22,15 +24,11 @@ def read_prompt(path: str | os.PathLike, resolution: int | tuple[int, int], max_
     `resolution` is the model's image_size: H for square frames or (H, W). A prompt of another size is
     fitted to it as `genie data import --fit` does (default pad: the whole frame, letterboxed to the
     model's aspect), with a note on stderr."""
-    from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames, target_hw
-
     p = Path(path)
     if not p.is_file():
         raise GenieInputError(f"{p}: no such prompt file")
     ext = p.suffix.lower()
     if ext in IMAGE_EXTENSIONS:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(p) as im:
                 frames = np.asarray(im.convert("RGB"))[None]
@@ -71,8 +69,6 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, scale
     with atomic_file(p) as tmp:
         tmp = str(tmp)
         if p.suffix.lower() == ".gif":
-            from PIL import Image
-
             ims = [Image.fromarray(f) for f in frames]
             ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
         else:

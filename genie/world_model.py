@@ -21,12 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from genie.core.atomic import replace_dir, temp_dir_beside
-from genie.core.errors import GenieInputError
 from genie.core.config import format_hw
 from genie.core.device import generator_for
+from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
 from genie.export import load_export
 from genie.sampling import Rollout, decode_tokens, rollout_tokens
+
 
 def check_compatible(tokenizer, lam, dynamics) -> None:
     """Vocabularies, grids and resolutions must agree; a clear GenieInputError names the mismatch."""
@@ -93,7 +94,7 @@ class WorldModel(nn.Module):
 
     # -- loading / saving -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "WorldModel":
+    def from_pretrained(cls, path: str | os.PathLike) -> WorldModel:
         p = Path(path)
         if not p.is_dir():
             raise GenieInputError(f"{p}: no such world-model folder")

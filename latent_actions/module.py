@@ -9,12 +9,11 @@ the NMI between latent codes and true actions (merged by the dataset card's `mer
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from genie.core.device import generator_for
 from genie.core.metrics import merge_actions, normalized_mutual_info, psnr
-from genie.nn import codebook_usage
 from genie.core.training import GenieModule
+from genie.nn import codebook_usage
 from latent_actions.config import LatentActionConfig
 from latent_actions.model import LatentActionModel
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_coinrun import FakeGym3Env
 
 import data_pipelines.coinrun as coinrun
 from data_pipelines.storage import read_card
 from genie.cli import main
-from test_coinrun import FakeGym3Env
 
 
 @pytest.fixture

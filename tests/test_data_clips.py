@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from data_pipelines.clips import ClipDataset, StreamingClipDataset, video_to_frames
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter, info, load_split, write_parquet
+from genie.core.errors import GenieInputError
 from tests.conftest import coded_episode
 
 

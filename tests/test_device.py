@@ -7,8 +7,8 @@ import ast
 import pytest
 import torch
 
-from genie.core.errors import GenieInputError
 from genie.core.device import generator_for, resolve_device
+from genie.core.errors import GenieInputError
 from tests.conftest import ROOT, run_genie, stderr_line
 from tests.test_world_model import world  # noqa: F401  (fixture)
 
@@ -73,8 +73,8 @@ def test_no_cpu_only_generator_in_model_code_paths():
 
 def test_the_generators_of_sampling_and_validation_follow_the_data(world, monkeypatch):  # noqa: F811
     """WorldModel.generate/reset and the stage validation steps ask for generators on their tensors' device."""
-    import genie.world_model as wm_mod
     import dynamics.module as dyn_mod
+    import genie.world_model as wm_mod
     import latent_actions.module as lam_mod
     from dynamics.module import DynamicsModule
     from genie.world_model import WorldModel

@@ -10,7 +10,12 @@ from dynamics.config import PRESETS, DynamicsConfig
 from dynamics.maskgit import maskgit_decode, training_mask
 from dynamics.model import DynamicsModel
 
-MODES = ["additive", "token"]
+MODES = ["additive", "token", "additive+prev"]  # action conditioning, and "+prev" for prev_token_input
+
+
+def mode_config(mode: str) -> dict:
+    conditioning, _, prev = mode.partition("+")
+    return {"action_conditioning": conditioning, "prev_token_input": prev == "prev"}
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +56,12 @@ def rollout(model: DynamicsModel, prompt: torch.Tensor, actions: torch.Tensor, g
     for t in range(actions.shape[1]):
         past_actions = actions[:, : t + 1]  # a_0..a_t; a_t leads to the new frame t+1
 
-        def logits_fn(x):
-            return model(x.view(b, 1, h, w), past_actions, cache=cache).reshape(b, n, -1)
+        def logits_fn(x):  # called within this iteration only
+            return model(x.view(b, 1, h, w), past_actions, cache=cache, prev_tokens=frames[-1]).reshape(b, n, -1)  # noqa: B023
 
         frame = maskgit_decode(logits_fn, n, mask_id=cfg.mask_id, batch_size=b, generator=generator,
                                **decode_kwargs).view(b, 1, h, w)
-        _, cache = model(frame, past_actions, cache=cache, return_cache=True)
+        _, cache = model(frame, past_actions, cache=cache, return_cache=True, prev_tokens=frames[-1])
         frames.append(frame)
     return torch.cat(frames, dim=1)
 
@@ -107,7 +112,7 @@ def test_from_dict_rejects_unknown_keys():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_shapes_and_input_checks(mode):
-    model = make_model(action_conditioning=mode)
+    model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
     with torch.no_grad():
         assert model(tokens, actions).shape == (2, 4, 8, 8, 32)
@@ -124,7 +129,7 @@ def test_shapes_and_input_checks(mode):
 @pytest.mark.parametrize("frame", [1, 2, 3])
 def test_future_tokens_do_not_change_the_past(mode, frame):
     # DESIGN §7.2: changing frame t+1 (and later) leaves every output at <= t unchanged.
-    model = make_model(action_conditioning=mode)
+    model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
     perturbed = tokens.clone()
     perturbed[:, frame:] = torch.randint(0, 33, perturbed[:, frame:].shape, generator=torch.Generator().manual_seed(9))
@@ -139,7 +144,7 @@ def test_future_tokens_do_not_change_the_past(mode, frame):
 def test_action_a_t_conditions_frame_t_plus_1_only(mode, t):
     # DESIGN §7.1: a_t (between frames t and t+1) moves the logits of frame t+1 — already at init —
     # and of nothing earlier.
-    model = make_model(action_conditioning=mode)
+    model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
     changed = actions.clone()
     changed[:, t] = (changed[:, t] + 1) % model.config.num_actions
@@ -151,16 +156,16 @@ def test_action_a_t_conditions_frame_t_plus_1_only(mode, t):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cached_incremental_forward_equals_full_forward(mode):
-    model = make_model(action_conditioning=mode)
+    model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
     with torch.no_grad():
         full = model(tokens, actions)
         out_a, cache = model(tokens[:, :2], actions[:, :1], return_cache=True)
-        out_b, cache = model(tokens[:, 2:3], actions[:, :2], cache=cache, return_cache=True)
+        out_b, cache = model(tokens[:, 2:3], actions[:, :2], cache=cache, return_cache=True, prev_tokens=tokens[:, 1:2])
         # Querying the cache (as a MaskGIT loop does) leaves it unchanged and gives the same answer.
-        out_c = model(tokens[:, 3:], actions, cache=cache)
+        out_c = model(tokens[:, 3:], actions, cache=cache, prev_tokens=tokens[:, 2:3])
         assert cache.num_frames == 3
-        out_c_again = model(tokens[:, 3:], actions, cache=cache)
+        out_c_again = model(tokens[:, 3:], actions, cache=cache, prev_tokens=tokens[:, 2:3])
     torch.testing.assert_close(torch.cat([out_a, out_b, out_c], dim=1), full, atol=1e-5, rtol=0)
     assert torch.equal(out_c, out_c_again)
     with pytest.raises(ValueError, match="actions"):
@@ -174,7 +179,7 @@ def test_overfit_two_clips_then_maskgit_rollout_reproduces_them(mode):
     # (frame 0 kept as context), then frames 1..T-1 generated frame by frame from frame 0 with
     # each clip's true actions, through the KV cache.
     torch.manual_seed(0)
-    config = DynamicsConfig.preset("debug", action_conditioning=mode)
+    config = DynamicsConfig.preset("debug", **mode_config(mode))
     model = DynamicsModel(config)
     g = torch.Generator().manual_seed(0)
     clips = torch.randint(0, config.vocab_size, (2, config.num_frames, *config.grid), generator=g)
@@ -186,7 +191,8 @@ def test_overfit_two_clips_then_maskgit_rollout_reproduces_them(mode):
     losses = []
     for _ in range(200):
         mask = training_mask(tokens.shape, generator=g, keep_first_frames=1)
-        logits = model(torch.where(mask, config.mask_id, tokens), acts)
+        prev = torch.cat([torch.full_like(tokens[:, :1], config.mask_id), tokens[:, :-1]], dim=1)  # clean
+        logits = model(torch.where(mask, config.mask_id, tokens), acts, prev_tokens=prev)
         loss = F.cross_entropy(logits[mask].float(), tokens[mask])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,3 +223,23 @@ def test_forward_on_a_non_square_grid():
     assert torch.allclose(model(other, actions)[:, :-1], logits[:, :-1], atol=1e-5)
     with pytest.raises(ValueError, match=r"\(6, 8\)"):
         model(torch.randint(0, 32, (2, 3, 8, 6)), actions)
+
+
+def test_prev_token_input_reads_the_previous_frame_only_and_needs_it_with_a_cache():
+    """Frame i's logits move with frame i-1's tokens through the prev embedding (and with nothing later);
+    the models without it ignore `prev_tokens`; a cached call must say what the previous frame was."""
+    model = make_model(prev_token_input=True)
+    tokens, actions = random_clip(model.config, mask_frac=0.0)
+    with torch.no_grad():
+        base = model(tokens, actions)
+        other = model(tokens, actions, prev_tokens=torch.full_like(tokens, model.mask_id))  # "no previous frame"
+        assert torch.equal(other[:, 0], base[:, 0])  # frame 0 has none either way
+        assert (other[:, 1:] - base[:, 1:]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-5
+        _, cache = model(tokens[:, :2], actions[:, :1], return_cache=True)
+        with pytest.raises(ValueError, match="prev_tokens"):
+            model(tokens[:, 2:3], actions[:, :2], cache=cache)
+        with pytest.raises(ValueError, match="prev_tokens must be"):
+            model(tokens, actions, prev_tokens=tokens[:, :2])
+        plain = make_model()
+        assert torch.equal(plain(tokens, actions), plain(tokens, actions, prev_tokens=torch.zeros_like(tokens)))
+    assert "prev_embed.weight" in model.state_dict() and "prev_embed.weight" not in plain.state_dict()

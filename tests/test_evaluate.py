@@ -12,10 +12,10 @@ from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter
 from genie.core.metrics import MAX_PSNR_DB, normalized_mutual_info, psnr
 from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
-from tokenizer.config import TokenizerConfig
-from tokenizer.module import TokenizerModule
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
+from tokenizer.config import TokenizerConfig
+from tokenizer.module import TokenizerModule
 
 
 def test_psnr_of_a_known_noise_level():

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter
+from genie.core.errors import GenieInputError
 from genie.evaluate import evaluate, markdown_table
 from genie.fvd import I3D, frechet_distance, i3d_features, load_i3d, same_pad
 from tests.conftest import coded_episode, run_genie

@@ -10,9 +10,9 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter, Episode
+from genie.core.metrics import normalized_mutual_info
 from genie.evaluate import ceiling_probe, evaluate_lam, markdown_table
 from genie.idm_probe import ProbeSettings, probe_for, train_probe
-from genie.core.metrics import normalized_mutual_info
 
 # actions 0 left, 1 none, 2 right, 3 up, 4 down, 5 a no-op twin of 1 (merged into 1)
 MOVES = {0: (0, -4), 1: (0, 0), 2: (0, 4), 3: (-4, 0), 4: (4, 0), 5: (0, 0)}

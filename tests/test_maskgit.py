@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dynamics.maskgit import cosine_schedule, maskgit_decode, masked_counts, training_mask
+from dynamics.maskgit import cosine_schedule, masked_counts, maskgit_decode, training_mask
 
 V, MASK = 7, 7
 

@@ -188,4 +188,4 @@ def test_square_int_configs_load_unchanged():
     cfg = TokenizerConfig.from_dict(TokenizerConfig.preset("debug").to_dict())
     assert cfg.image_size == 64 and cfg.grid == (8, 8) and cfg.grid_size == 8
     with pytest.raises(ValueError, match="grid"):
-        TokenizerConfig.preset("debug", image_size=(48, 64)).grid_size
+        _ = TokenizerConfig.preset("debug", image_size=(48, 64)).grid_size

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from genie.core.errors import GenieInputError
 from data_pipelines.storage import DatasetWriter
+from genie.core.errors import GenieInputError
 from genie.export import load_export, save_export
 from tests.conftest import ROOT, coded_episode, run_genie, stderr_line
 from tokenizer.config import PRESETS, TokenizerConfig
@@ -41,7 +40,8 @@ def _train(tmp_path, data, *extra, config="configs/tokenizer/debug.yaml"):
 
 
 def test_yaml_presets_match_the_python_presets():
-    from latent_actions.config import PRESETS as LAM_PRESETS, LatentActionConfig
+    from latent_actions.config import PRESETS as LAM_PRESETS
+    from latent_actions.config import LatentActionConfig
 
     for d, presets, cls in (("tokenizer", PRESETS, TokenizerConfig), ("latent_actions", LAM_PRESETS, LatentActionConfig)):
         files = sorted((ROOT / "configs" / d).glob("*.yaml"))

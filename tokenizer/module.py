@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from PIL import Image
 
 from genie.core.metrics import psnr, ssim
-from genie.nn import codebook_usage
 from genie.core.training import GenieModule
+from genie.nn import codebook_usage
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import VideoTokenizer
 
@@ -101,8 +102,6 @@ class TokenizerModule(GenieModule):
         # not trainer.log_dir: it broadcasts, and this runs on rank 0 only (a DDP deadlock)
         log_dir = Path(getattr(self.logger, "log_dir", None) or self.trainer.default_root_dir)
         try:
-            from PIL import Image
-
             (log_dir / "images").mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid.cpu().numpy()).save(log_dir / "images" / f"recon_step{self.global_step:07d}.png")
         except OSError:
