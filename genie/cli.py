@@ -1,7 +1,9 @@
 """The `genie` command (also `python -m genie`).
 
-Subcommands (DESIGN §5): `data coinrun|import|info`, and the later stages as they land. Bad input
-raises GenieInputError anywhere below; it is printed as one line on stderr with exit code 2.
+Subcommands (DESIGN §5): `data coinrun|import|info`, `train`, `tokenize`, `export`, `generate`, `assemble`,
+`evaluate`, `probe`, `quickstart`, `play`. Bad input raises GenieInputError anywhere below; it is printed as
+one line on stderr with exit code 2. Each subcommand's module is imported when that subcommand runs, so
+`genie --help` or `genie data info` does not load torch, Lightning and transformers (seconds of start-up).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from data_pipelines.storage import SPLITS
 from genie.core import atomic
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
@@ -185,9 +188,26 @@ def _cmd_play(a: argparse.Namespace) -> None:
           context=a.context, window_hop=a.window_hop, data=a.data, split=a.split, keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
 
 
+# Options several commands share, declared once; a command may give its own default, choices or help.
+SHARED_OPTIONS = {
+    "--device": dict(default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N"),  # DESIGN §5
+    "--seed": dict(type=int, default=0, help="same seed → same output"),
+    "--steps": dict(type=int, default=25, help="MaskGIT steps per generated frame"),
+    "--split": dict(default=None, choices=list(SPLITS),
+                    help="split of --data (default: test, else val, else train; said on stderr)"),
+    "--overwrite": dict(action="store_true", help="replace --out if it exists and is not empty"),
+    "--quiet": dict(action="store_true", help="no progress bar"),
+}
+
+
+def add_option(q: argparse.ArgumentParser, name: str, **changes) -> None:
+    """Add a shared option (SHARED_OPTIONS) to a command's parser, with `changes` to its settings."""
+    q.add_argument(name, **{**SHARED_OPTIONS[name], **changes})
+
+
 def add_device(q: argparse.ArgumentParser) -> None:
     """`--device auto|cpu|cuda[:N]` (DESIGN §5) for a command that runs a model."""
-    q.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    add_option(q, "--device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,24 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common_out(q):
         q.add_argument("--out", required=True, help="dataset folder to create")
-        q.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+        add_option(q, "--overwrite")
         q.add_argument("--val-fraction", type=float, default=0.05, help="share of levels/files held out for validation")
         q.add_argument("--test-fraction", type=float, default=0.05, help="share of levels/files held out for test")
         q.add_argument("--chunk-len", type=int, default=64, help="frames per stored row")
         q.add_argument("--parquet", action="store_true", help="also write Parquet shards (for streaming)")
-        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_option(q, "--quiet")
 
     c = dsub.add_parser("coinrun", help="record Procgen CoinRun (hard, random policy, 64×64)")
     c.add_argument("--episodes", type=int, required=True, help="episodes to record")
     c.add_argument("--start-level", type=int, default=0, help="first level seed")
     c.add_argument("--num-levels", type=int, default=0, help="number of levels (0 = unlimited)")
-    c.add_argument("--seed", type=int, default=0, help="seeds the environments and the random policy")
+    add_option(c, "--seed", help="seeds the environments and the random policy")
     c.add_argument("--max-steps", type=int, default=1000, help="cut episodes to at most this many frames")
     c.add_argument("--num-envs", type=int, default=16, help="environments stepped in parallel")
     c.add_argument("--action-repeat", default="1", metavar="MEAN",  # checked by record_coinrun: one error line
                    help="random policy holds each action for a geometric number of steps with this mean "
                         "(keeps it with probability 1 - 1/MEAN per step); 1 = a fresh uniform action every step")
-    c.add_argument("--split", default="auto", choices=["auto", "train", "val", "test"],
+    add_option(c, "--split", default="auto", choices=["auto", *SPLITS],
                    help="auto: by level seed hash; or put every episode in one split (e.g. held-out levels)")
     common_out(c)
     c.set_defaults(func=_cmd_coinrun)
@@ -256,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="token dataset folder to create")
     k.add_argument("--batch-size", type=int, default=16, help="windows encoded at once")
     k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
-    k.add_argument("--overwrite", action="store_true")
-    k.add_argument("--quiet", action="store_true")
+    add_option(k, "--overwrite")
+    add_option(k, "--quiet")
     add_device(k)
     k.set_defaults(func=_cmd_tokenize)
 
@@ -272,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, help="prompt image (png/jpg) or video (mp4/...)")
     g.add_argument("--actions", required=True, help="latent action ids, one per generated frame, e.g. 0,3,3,1")
     g.add_argument("--out", required=True, help="output .mp4 or .gif")
-    g.add_argument("--steps", type=int, default=25, help="MaskGIT steps per frame")
+    add_option(g, "--steps", help="MaskGIT steps per frame")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    g.add_argument("--seed", type=int, default=0, help="same seed → same frames")
+    add_option(g, "--seed", help="same seed → same frames")
     g.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per frame "
                                                              "(default: its whole window)")
     g.add_argument("--window-hop", type=int, default=1, help="frames the full context drops at once (1: Genie's "
@@ -289,18 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lam", required=True)
     m.add_argument("--dynamics", required=True)
     m.add_argument("--out", required=True)
-    m.add_argument("--overwrite", action="store_true")
+    add_option(m, "--overwrite")
     m.set_defaults(func=_cmd_assemble)
 
     e = sub.add_parser("evaluate", help="evaluate the stages a model folder holds (JSON + markdown table)")
     e.add_argument("--model", required=True, help="world-model folder or a single stage export")
     e.add_argument("--data", required=True, help="dataset folder (held-out levels)")
     e.add_argument("--out", required=True, help="output .json (a .md table is written beside it)")
-    e.add_argument("--split", default=None, choices=["train", "val", "test"],
-                   help="split of --data (default: test, else val, else train; said on stderr)")
+    add_option(e, "--split")
     e.add_argument("--num-clips", type=int, default=128)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--steps", type=int, default=25, help="MaskGIT steps per generated frame")
+    add_option(e, "--seed")
+    add_option(e, "--steps")
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
     e.add_argument("--i3d", default=None, metavar="FILE",
@@ -311,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the LAM (default: --data; held-out folders often have only a test split)")
     e.add_argument("--probe-cache", default=None, metavar="DIR",
                    help="where trained ceiling probes are cached (default: <probe-data>/.genie-cache)")
-    e.add_argument("--quiet", action="store_true")
+    add_option(e, "--quiet")
     add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
@@ -322,10 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--prompts", type=int, default=4)
     pr.add_argument("--repeat", type=int, default=4, help="times each action is repeated")
-    pr.add_argument("--split", default=None, choices=["train", "val", "test"],
-                    help="split of --data (default: test, else val, else train; said on stderr)")
-    pr.add_argument("--steps", type=int, default=25)
-    pr.add_argument("--seed", type=int, default=0)
+    add_option(pr, "--split")
+    add_option(pr, "--steps")
+    add_option(pr, "--seed")
     add_device(pr)
     pr.set_defaults(func=_cmd_probe)
 
@@ -342,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resolution", default=None, metavar="N|WxH",
                    help="with --videos: frame size, WIDTHxHEIGHT in multiples of 16 (default: 64 on the long side "
                         "at the videos' aspect, e.g. 48x64 for 160×210 Atari frames)")
-    q.add_argument("--overwrite", action="store_true")
+    add_option(q, "--overwrite")
     add_device(q)
     q.set_defaults(func=_cmd_quickstart)
 
@@ -351,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback is reachable "
                                                         "from other machines: a warning is printed)")
     pl.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
-    pl.add_argument("--steps", type=int, default=8, help="MaskGIT steps per frame (the page can change it)")
+    add_option(pl, "--steps", default=8, help="MaskGIT steps per frame (the page can change it)")
     pl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     pl.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per step "
                                                               "(default: its whole window; fewer is faster)")
@@ -359,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "cache is rebuilt once per that many frames "
                                                                  "(default: 4, or the context if smaller)")
     pl.add_argument("--data", default=None, metavar="DIR", help="dataset folder: a grid of held-out prompt frames")
-    pl.add_argument("--split", default=None, help="split of --data (default: test, else val, else train)")
+    add_option(pl, "--split", choices=None, help="split of --data (default: test, else val, else train)")
     pl.add_argument("--keymap", default=None, metavar="FILE", help="keymap.json from `genie probe` (default: "
                                                                    "MODEL/keymap.json when present)")
-    pl.add_argument("--seed", type=int, default=0, help="each session's sampling seed")
+    add_option(pl, "--seed", help="each session's sampling seed")
     pl.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before a closed tab's session is freed")
     add_device(pl)
     pl.set_defaults(func=_cmd_play)
