@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from data_pipelines.storage import Episode, iter_episodes, load_split, read_card
 from data_pipelines.video import assign_splits, list_videos, resize_frames
 from genie.core.errors import GenieInputError
+from genie.core.optional import optional_import
 
 
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
@@ -263,7 +264,7 @@ class VideoFolderClipDataset(Dataset):
         self.folder, self.split, self.clip_len, self.stride, self.resolution = Path(folder), split, clip_len, stride, resolution
         self.fit = fit
         files, _ = list_videos(folder)
-        import decord
+        decord = optional_import("decord", "reading clips straight from video files")
 
         readable = {}
         for f in files:  # splits are assigned among the readable files, as `genie data import` does
@@ -290,8 +291,7 @@ class VideoFolderClipDataset(Dataset):
         return state
 
     def _reader(self, e: int):
-        import decord
-
+        decord = optional_import("decord", "reading clips straight from video files")
         r = self._readers.get(e)
         if r is None:
             if len(self._readers) >= 16:

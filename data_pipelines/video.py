@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from genie.core.errors import GenieInputError
+from genie.core.optional import optional_import
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".gif")
 
@@ -57,7 +58,7 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 
 def _decode_decord(path: Path) -> np.ndarray:
-    import decord
+    decord = optional_import("decord", "decoding video with decord")
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     n = len(vr)
@@ -67,7 +68,7 @@ def _decode_decord(path: Path) -> np.ndarray:
 
 
 def _decode_pyav(path: Path) -> np.ndarray:
-    import av
+    av = optional_import("av", "decoding video with PyAV")
 
     with av.open(str(path)) as c:
         if not c.streams.video:

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from data_pipelines.video import VIDEO_EXTENSIONS, VideoDecodeError, decode_video, resize_frames, target_hw
 from genie.core.atomic import atomic_file
 from genie.core.errors import GenieInputError
+from genie.core.optional import optional_import
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OUTPUT_EXTENSIONS = (".mp4", ".gif")
@@ -72,8 +73,7 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, scale
             ims = [Image.fromarray(f) for f in frames]
             ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
         else:
-            import av
-
+            av = optional_import("av", "writing mp4")
             with av.open(tmp, "w") as c:
                 s = c.add_stream("libx264", rate=fps)
                 s.height, s.width = frames.shape[1:3]
