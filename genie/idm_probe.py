@@ -43,8 +43,9 @@ PROBE_VERSION = 2  # bump when the architecture or training changes: old cache e
 class ProbeSettings:
     """How the probe is trained. `max_steps` bounds it, so the probe is the same on any machine for a seed;
     `max_seconds` is only a safety cap (the steps actually run are reported with the result). A 300 s cap
-    stopped it after 132 of 2,000 steps on a busy 2-core machine (NMI 0.094 where 2,000 steps reach more),
-    so the cap is an hour: 2,000 steps take ~10 min on 2 quiet cores, once, then the cache answers."""
+    stopped it after 132 of 2,000 steps on a busy 2-core machine (held-out NMI 0.094, where 2,000 steps
+    reach 0.387), so the cap is an hour: 2,000 steps took 632 s on one core of the 2-core reference machine,
+    once per dataset; the cache answers after that."""
 
     max_steps: int = 2000
     max_seconds: float = 3600.0
