@@ -7,6 +7,7 @@ and collect it with `gather_object`; launched plainly, it returns None and the c
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -24,7 +25,20 @@ def process_state(device: torch.device):
     On CUDA each process takes the GPU of its local rank; on the CPU the processes talk over gloo."""
     if not launched():
         return None, device
+    atexit.register(_shutdown)
     if device.type == "cuda":
         state = PartialState()
         return state, state.device
     return PartialState(cpu=True, backend="gloo"), torch.device("cpu")
+
+
+def _shutdown() -> None:
+    """Tear the process group down before the interpreter does: left to exit, gloo's threads were sometimes
+    destroyed while joinable and aborted both processes ("terminate called without an active exception",
+    SIGABRT) after the work had been written."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
