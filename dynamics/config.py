@@ -27,6 +27,10 @@ class DynamicsConfig(StageConfig):
 
     `prev_token_input` (not in the paper; default off, so older exports load unchanged) adds to every
     position of frame t the embedding of frame t-1's token there (see `dynamics.model`).
+
+    `copy_gate` (needs `prev_token_input`; default off) adds to each position's logit of frame t-1's token
+    there a gate the model computes from its output, starting at log(v - 1): "keep the previous token"
+    is then the prediction from step 0 (copy-last accuracy), and training learns where to change it.
     """
 
     PRESET_KIND = "dynamics"
@@ -42,6 +46,7 @@ class DynamicsConfig(StageConfig):
     dropout: float = 0.0
     action_conditioning: str = "additive"
     prev_token_input: bool = False
+    copy_gate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) or len(self.grid) != 2:
@@ -56,6 +61,10 @@ class DynamicsConfig(StageConfig):
         check_transformer(self)
         if not isinstance(self.prev_token_input, bool):
             raise ValueError(f"prev_token_input must be true or false, got {self.prev_token_input!r}")
+        if not isinstance(self.copy_gate, bool):
+            raise ValueError(f"copy_gate must be true or false, got {self.copy_gate!r}")
+        if self.copy_gate and not self.prev_token_input:
+            raise ValueError("copy_gate needs prev_token_input: true (it boosts the previous frame's token)")
         if self.action_conditioning not in ACTION_CONDITIONINGS:
             raise ValueError(
                 f"action_conditioning must be one of {ACTION_CONDITIONINGS}, got {self.action_conditioning!r}"

@@ -14,7 +14,10 @@ With `prev_token_input` every position of frame i also gets the embedding of the
 position of frame i-1 (frame 0 of a window: a learned "no previous frame" row, which MASK shares), so
 "keep the previous token" is one embedding → logit map away from the start instead of something
 temporal attention must learn (most of a CoinRun frame does not change between steps). It reads only
-frame i-1 for frame i, so causality holds.
+frame i-1 for frame i, so causality holds. With `copy_gate` as well, a scalar gate per position (a linear
+map of the transformer's output, bias log(v - 1) at init) is added to the logit of that previous token:
+the untrained model already predicts "unchanged" (p = 1/2 on the previous token), so the one-step
+next-frame accuracy starts at copy-last's and training spends its steps on what changes.
 
 Shape legend: b batch, t frames (the new frames when a cache is used), P cached past frames,
 h w token grid, n flattened tokens (h*w), d width, v codebook size (the MASK id is v),
@@ -22,6 +25,8 @@ a latent-action vocabulary.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from einops import rearrange, repeat
@@ -60,6 +65,7 @@ class DynamicsModel(nn.Module):
             causal=True,
         )
         self.head = nn.Linear(d, config.vocab_size)
+        self.copy_gate = nn.Linear(d, 1) if config.copy_gate else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -73,6 +79,11 @@ class DynamicsModel(nn.Module):
         nn.init.normal_(self.no_action, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        if self.copy_gate is not None:
+            # Zero weight, bias log(v - 1): with the head's logits ~0 at init the previous token gets
+            # probability 1/2, the rest share the other half.
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.constant_(self.copy_gate.bias, math.log(max(self.config.vocab_size - 1, 1)))
 
     @property
     def mask_id(self) -> int:
@@ -168,5 +179,10 @@ class DynamicsModel(nn.Module):
         if self.config.action_conditioning == "token":
             x = x[:, :, 1:]  # drop the action slot
         logits = self.head(x)  # (b, t, n, v)
+        if self.copy_gate is not None:
+            prev = rearrange(prev_tokens.long(), "b t h w -> b t (h w)")  # (b, t, n)
+            known = prev < self.mask_id  # frame 0 of a window has no previous token: no bonus
+            gate = torch.where(known, self.copy_gate(x).squeeze(-1), 0.0).to(logits.dtype)  # (b, t, n)
+            logits = logits.scatter_add(-1, prev.clamp(max=self.mask_id - 1)[..., None], gate[..., None])
         logits = rearrange(logits, "b t (h w) v -> b t h w v", h=self.config.grid[0])
         return (logits, new_cache) if return_cache else logits

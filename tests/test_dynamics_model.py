@@ -10,12 +10,13 @@ from dynamics.config import PRESETS, DynamicsConfig
 from dynamics.maskgit import maskgit_decode, training_mask
 from dynamics.model import DynamicsModel
 
-MODES = ["additive", "token", "additive+prev"]  # action conditioning, and "+prev" for prev_token_input
+# action conditioning, "+prev" for prev_token_input, "+copy" for copy_gate
+MODES = ["additive", "token", "additive+prev", "additive+prev+copy"]
 
 
 def mode_config(mode: str) -> dict:
-    conditioning, _, prev = mode.partition("+")
-    return {"action_conditioning": conditioning, "prev_token_input": prev == "prev"}
+    conditioning, *extras = mode.split("+")
+    return {"action_conditioning": conditioning, "prev_token_input": "prev" in extras, "copy_gate": "copy" in extras}
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +93,7 @@ def test_presets_build_and_round_trip_through_json():
         (dict(num_frames=1), "num_frames"),
         (dict(dropout=1.0), "dropout"),
         (dict(action_conditioning="cross"), "action_conditioning"),
+        (dict(copy_gate=True), "copy_gate needs prev_token_input"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -209,6 +211,29 @@ def test_overfit_two_clips_then_maskgit_rollout_reproduces_them(mode):
     # Same prompt, the other clip's actions: the other clip's frames.
     swapped_accuracy = (swapped[:, 1:] == clips.flip(0)[:, 1:]).float().mean().item()
     assert swapped_accuracy >= 0.95, f"rollout token accuracy with swapped actions {swapped_accuracy:.3f}"
+
+
+def test_copy_gate_predicts_the_previous_frame_before_any_training():
+    """An untrained model with the copy gate reads "unchanged" at every position of frames 1.. (copy-last's
+    accuracy from step 0); frame 0 has no previous frame and gets no bonus; the gate is trainable."""
+    model = make_model(prev_token_input=True, copy_gate=True)
+    tokens, actions = random_clip(model.config, mask_frac=0.0)
+    masked = torch.full_like(tokens, model.mask_id)
+    masked[:, 0] = tokens[:, 0]
+    prev = torch.cat([torch.full_like(tokens[:, :1], model.mask_id), tokens[:, :-1]], dim=1)
+    with torch.no_grad():
+        logits = model(masked, actions, prev_tokens=prev)
+        plain = make_model(prev_token_input=True)(masked, actions, prev_tokens=prev)
+    assert torch.equal(logits.argmax(-1)[:, 1:], tokens[:, :-1])
+    assert (plain.argmax(-1)[:, 1:] == tokens[:, :-1]).float().mean() < 0.2
+    p_prev = logits[:, 1:].softmax(-1).gather(-1, tokens[:, :-1, ..., None])
+    assert abs(p_prev.mean().item() - 0.5) < 0.05 and 0.3 < p_prev.min() and p_prev.max() < 0.7
+    with torch.no_grad():
+        model.copy_gate.bias.zero_()
+        no_bonus = model(masked, actions, prev_tokens=prev)
+    assert torch.equal(no_bonus[:, 0], logits[:, 0])  # frame 0: no previous token, no bonus
+    assert (no_bonus[:, 1:] - logits[:, 1:]).abs().amax() > 1.0
+    assert model.copy_gate.bias.requires_grad
 
 
 def test_forward_on_a_non_square_grid():

@@ -244,12 +244,12 @@ def test_undo_restores_the_state_and_replays_the_same_frame(world):
         wm.generate(prompt, [1], context=4)
 
 
-@pytest.mark.parametrize("hop", [1, 2])
-def test_prev_token_model_samples_the_same_with_and_without_the_cache(hop):
+@pytest.mark.parametrize("hop,copy_gate", [(1, False), (2, False), (2, True)])
+def test_prev_token_model_samples_the_same_with_and_without_the_cache(hop, copy_gate):
     """With prev_token_input the cache path hands the model the previous frame itself (the cached one):
     cached and uncached sampling agree past the window, and so does a Rollout stepped one frame at a time."""
     torch.manual_seed(1)
-    dyn = DynamicsModel(DynamicsConfig.preset("debug", prev_token_input=True)).eval()
+    dyn = DynamicsModel(DynamicsConfig.preset("debug", prev_token_input=True, copy_gate=copy_gate)).eval()
     prompt = torch.randint(0, 32, (2, 1, 8, 8))
     actions = torch.randint(0, 8, (2, 7))
     outs = [rollout_tokens(dyn, prompt, actions, steps=3, generator=torch.Generator().manual_seed(5), use_cache=c,
