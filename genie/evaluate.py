@@ -27,7 +27,14 @@ from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split, read_card
 from genie.core.device import generator_for, resolve_device, to_device
 from genie.core.errors import GenieInputError
-from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info, psnr, ssim
+from genie.core.metrics import (
+    action_components,
+    merge_actions,
+    merged_action_table,
+    normalized_mutual_info,
+    psnr,
+    ssim,
+)
 from genie.core.registry import STAGES
 from genie.distributed import process_state
 from genie.export import load_export
@@ -201,8 +208,9 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
     if not true:
         res["action_metrics"] = "not computed: the data has no true actions"
         return res
-    labels = torch.cat(true).numpy()
-    labels = merge_actions(labels, ds.card)
+    raw = torch.cat(true).numpy()
+    labels = merge_actions(raw, ds.card)
+    components = action_components(ds.card)
     merge = merged_action_table(ds.card)
     if merge is not None:
         res["true_actions"] = f"merged by the dataset card's merged_action table ({len(np.unique(merge))} classes)"
@@ -210,6 +218,8 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
     res.update(nmi=normalized_mutual_info(codes_np, labels), nmi_shuffled=normalized_mutual_info(codes_np, shuffled),
                probe_accuracy=linear_probe_accuracy(codes_np, labels, lam.num_actions, seed),
                probe_accuracy_shuffled=linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed))
+    if components is not None:  # which part of the control the codes carry: the direction, the jump
+        res["nmi_components"] = {k: normalized_mutual_info(codes_np, table[raw]) for k, table in components.items()}
     if probe_net is not None:
         pred = torch.cat(ceiling).numpy()
         nmi = normalized_mutual_info(pred, labels)
@@ -219,6 +229,13 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
             "majority_accuracy": float(np.bincount(labels).max() / len(labels)),
             "lam_nmi_fraction": res["nmi"] / nmi if nmi > 0 else None,
             "probe": probe_info}
+        if components is not None:
+            # The probe predicts (merged) classes: each class takes the components of its raw actions, which
+            # agree within a class (they have the same effect), so any one of them stands for it.
+            rep = np.arange(len(ds.card["action_names"])) if merge is None else \
+                np.array([int(np.flatnonzero(merge == m)[0]) for m in range(int(merge.max()) + 1)])
+            res["supervised_ceiling"]["nmi_components"] = {
+                k: normalized_mutual_info(table[rep[pred]], table[raw]) for k, table in components.items()}
     elif probe is not None:
         res["supervised_ceiling"] = f"not computed: {probe_info['reason']}"
     return res
@@ -386,8 +403,14 @@ def markdown_table(res: dict) -> str:
             rows.append(f"| LAM | supervised inverse-dynamics ceiling: NMI (shuffled) / accuracy (majority) | "
                         f"{c['nmi']:.3f} ({c['nmi_shuffled']:.3f}) / {c['accuracy']:.3f} ({c['majority_accuracy']:.3f}) |")
             rows.append(f"| LAM | LAM NMI as a share of the ceiling's | {frac} |")
+            if "nmi_components" in c and "nmi_components" in lam:
+                rows.append("| LAM | NMI by component, LAM / ceiling | " + ", ".join(
+                    f"{k} {lam['nmi_components'][k]:.3f} / {v:.3f}" for k, v in c["nmi_components"].items()) + " |")
         elif c:
             rows.append(f"| LAM | supervised inverse-dynamics ceiling | {c} |")
+        if "nmi_components" in lam and not isinstance(c, dict):
+            rows.append("| LAM | NMI by component | " + ", ".join(
+                f"{k} {v:.3f}" for k, v in lam["nmi_components"].items()) + " |")
     w = res.get("world_model")
     if isinstance(w, dict):
         rows.append("| world model | rollout PSNR per step | " + ", ".join(f"{x:.2f}" for x in w["rollout_psnr_db"]) + " |")

@@ -10,7 +10,7 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter
-from genie.core.metrics import MAX_PSNR_DB, normalized_mutual_info, psnr
+from genie.core.metrics import MAX_PSNR_DB, action_components, normalized_mutual_info, psnr
 from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
@@ -54,6 +54,15 @@ def test_nmi_of_perfect_and_independent_labellings():
     b = np.tile(np.arange(5), 200)  # independent of a by construction
     assert normalized_mutual_info(a, b) == pytest.approx(0.0, abs=1e-9)
     assert normalized_mutual_info(a, np.zeros_like(a)) == 0.0
+
+
+def test_action_components_from_procgen_names():
+    names = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP", "D", "A"]
+    c = action_components({"action_names": names})
+    assert c["horizontal"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1]  # left / none / right
+    assert c["vertical"].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1]  # down / none / up
+    assert action_components({"action_names": ["fire", "noop"]}) is None
+    assert action_components({}) is None
 
 
 def test_linear_probe_and_interval():

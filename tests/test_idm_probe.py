@@ -17,6 +17,7 @@ from genie.idm_probe import ProbeSettings, probe_for, train_probe
 # actions 0 left, 1 none, 2 right, 3 up, 4 down, 5 a no-op twin of 1 (merged into 1)
 MOVES = {0: (0, -4), 1: (0, 0), 2: (0, 4), 3: (-4, 0), 4: (4, 0), 5: (0, 0)}
 MERGE = [0, 1, 2, 3, 4, 1]
+NAMES = ["LEFT", "NOOP", "RIGHT", "UP", "DOWN", "Q"]
 FAST = ProbeSettings(max_steps=100, batch_size=32, lr=4e-3, width=16)
 
 
@@ -39,7 +40,7 @@ def _episode(e: int, n: int = 24, shuffle_labels: bool = False) -> Episode:
 
 
 def _dataset(path, train: int, test: int, shuffle_labels: bool = False):
-    with DatasetWriter(path, chunk_len=8, card={"merged_action": MERGE}) as w:
+    with DatasetWriter(path, chunk_len=8, card={"merged_action": MERGE, "action_names": NAMES}) as w:
         for e in range(train):
             w.add_episode(_episode(e, shuffle_labels=shuffle_labels), "train")
         for e in range(1000, 1000 + test):
@@ -134,5 +135,9 @@ def test_evaluate_lam_reports_the_ceiling_beside_the_lam(visible, trained):
     c = res["supervised_ceiling"]
     assert c["nmi"] > 0.4 and c["accuracy"] > c["majority_accuracy"] and c["nmi_shuffled"] < 0.2
     assert c["lam_nmi_fraction"] == pytest.approx(res["nmi"] / c["nmi"])
+    # by component (read from the card's action names): the probe sees both the left/right and up/down moves
+    assert set(res["nmi_components"]) == set(c["nmi_components"]) == {"horizontal", "vertical"}
+    assert min(c["nmi_components"].values()) > 0.3
     table = markdown_table({"lam": res, "fvd": "not computed"})
     assert "supervised inverse-dynamics ceiling" in table and "share of the ceiling" in table
+    assert "NMI by component, LAM / ceiling" in table

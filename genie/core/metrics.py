@@ -45,6 +45,21 @@ def merge_actions(actions: np.ndarray, card: dict) -> np.ndarray:
     return np.asarray(actions) if table is None else table[np.asarray(actions)]
 
 
+def action_components(card: dict) -> dict[str, np.ndarray] | None:
+    """Per true action id, its horizontal (0 left, 1 none, 2 right) and vertical (0 down, 1 none, 2 up)
+    component, read from the card's `action_names` (Procgen's "LEFT+UP" style; a name without a direction
+    word, such as CoinRun's ignored buttons, is none/none). None when the card names no directions."""
+    names = card.get("action_names")
+    if not names:
+        return None
+    words = [set(str(n).upper().split("+")) for n in names]
+    if not any(w & {"LEFT", "RIGHT", "UP", "DOWN"} for w in words):
+        return None
+    def axis(neg: str, pos: str) -> np.ndarray:
+        return np.array([0 if neg in w else 2 if pos in w else 1 for w in words], dtype=np.int64)
+    return {"horizontal": axis("LEFT", "RIGHT"), "vertical": axis("DOWN", "UP")}
+
+
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     _, ai = np.unique(a, return_inverse=True)
