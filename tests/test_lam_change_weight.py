@@ -1,4 +1,5 @@
-"""The LAM's optional change-weighted reconstruction loss: off by default (plain MSE), and weighting what moves."""
+"""The LAM's optional loss weightings: off by default (plain MSE); change_weight weights what moves; surprise_weight
+weights what an action-free decoder branch fails to predict."""
 
 from __future__ import annotations
 
@@ -48,3 +49,21 @@ def test_change_weight_counts_moving_pixels_more():
     assert (lw - out.quant_loss - rest).sign() == (corner - rest).sign() and not torch.isclose(lw, lp)
     with pytest.raises(ValueError, match="change_weight"):
         LatentActionModule(LatentActionConfig.preset("debug"), change_weight=-1.0)
+
+
+def test_surprise_weight_trains_an_action_free_branch_and_weights_what_it_misses():
+    video = torch.zeros(2, 4, 3, 64, 64)
+    video[:, 1::2, :, :8, :8] = 1.0  # the blinking corner is all an action-free prediction can miss
+    m = _module(surprise_weight=50.0)
+    logged = {}
+    m.log = lambda name, value, **k: logged.__setitem__(name, value)
+    loss, out = _loss_parts(m, video)
+    err = (out.pred - video[:, 1:]).square()
+    corner, rest = err[..., :8, :8].mean(), err.mean()
+    action_branch = loss - logged["train/null_mse"] - out.quant_loss
+    assert (action_branch - rest).sign() == (corner - rest).sign() and not torch.isclose(action_branch, rest)
+    loss.backward()
+    assert m.no_action.grad is not None and m.no_action.grad.abs().sum() > 0  # the branch is trained
+    assert "no_action" not in m.model.state_dict()  # training only: exports are unchanged
+    with pytest.raises(ValueError, match="surprise_weight"):
+        LatentActionModule(LatentActionConfig.preset("debug"), surprise_weight=-1.0)
