@@ -237,6 +237,11 @@ class LatentActionModel(nn.Module):
         """action ids (...) -> their decoder embeddings (..., d) fp32 (codebook projected to d)."""
         return self.quantizer.indices_to_codes(actions)
 
+    def decode_embeddings(self, context: Tensor, action_emb: Tensor) -> Tensor:
+        """The decoder alone: context (b, t, c, H, W) frames x_1..x_t and any (b, t, d) action embeddings (a
+        codebook entry, or a training-only "no action" vector) -> predictions of x_2..x_{t+1}."""
+        return self._decode(context, action_emb)
+
     def decode_with_actions(self, context: Tensor, actions: Tensor) -> Tensor:
         """Predict each next frame from the context and chosen latent actions.
 

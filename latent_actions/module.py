@@ -76,7 +76,7 @@ class LatentActionModule(GenieModule):
         null_mse = None
         if self.no_action is not None:
             b, t = out.actions.shape
-            null_pred = self.model._decode(video[:, :-1], self.no_action.expand(b, t, -1))
+            null_pred = self.model.decode_embeddings(video[:, :-1], self.no_action.expand(b, t, -1))
             null_err = (null_pred.float() - target).square()
             null_mse = null_err.mean()
             e = null_err.detach().mean(dim=2, keepdim=True)
