@@ -131,4 +131,19 @@ def load_export(path: str | os.PathLike, stage: str) -> nn.Module:
     bad = {k: v for k, v in info.items() if k != "error_msgs" and v} | ({"errors": info["error_msgs"]} if info.get("error_msgs") else {})
     if bad:
         raise GenieInputError(f"{p}: export does not match its config ({'; '.join(f'{k}: {sorted(v)[:3]}' for k, v in bad.items())})")
-    return wrapper.model.eval()
+    return _restore_non_persistent_buffers(wrapper.model).eval()
+
+
+def _restore_non_persistent_buffers(model: nn.Module) -> nn.Module:
+    """Buffers outside the state dict (FSQ's level grid, say) come from a freshly built model.
+
+    transformers builds the model on the meta device and then allocates, uninitialised, whatever the
+    checkpoint does not hold: without this an FSQ tokenizer loads with garbage levels."""
+    saved = set(model.state_dict())
+    missing = [name for name, _ in model.named_buffers() if name not in saved]
+    if missing:
+        fresh = dict(type(model)(model.config).named_buffers())
+        for name in missing:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = fresh[name]
+    return model

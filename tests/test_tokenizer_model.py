@@ -189,3 +189,46 @@ def test_square_int_configs_load_unchanged():
     assert cfg.image_size == 64 and cfg.grid == (8, 8) and cfg.grid_size == 8
     with pytest.raises(ValueError, match="grid"):
         _ = TokenizerConfig.preset("debug", image_size=(48, 64)).grid_size
+
+
+def test_conv_stem_and_head_stay_causal_cached_and_exact():
+    # conv_channels: per-frame convs around the ST blocks; the head's refinement starts at zero (the plain
+    # linear head), so give it weights to make the checks bite.
+    torch.manual_seed(0)
+    model = make_tokenizer(conv_channels=8)
+    assert model.stem is not None and model.refine is not None
+    assert torch.count_nonzero(model.refine[-1].weight) == 0
+    torch.nn.init.normal_(model.refine[-1].weight, std=0.1)
+    video = moving_squares(2, 4)
+    model(video)
+    model.eval()
+    perturbed = video.clone()
+    perturbed[:, 2] = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out, out_perturbed = model(video), model(perturbed)
+        ids = model.encode(video)
+        full = model.decode(ids)
+        first, cache = model.decode(ids[:, :3], return_cache=True)
+        last = model.decode(ids[:, 3:], cache=cache)
+    assert torch.equal(ids, out.indices) and torch.equal(full, out.recon)
+    assert torch.equal(out_perturbed.indices[:, :2], out.indices[:, :2])
+    torch.testing.assert_close(out_perturbed.recon[:, :2], out.recon[:, :2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat([first, last], dim=1), full, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="conv_channels"):
+        TokenizerConfig.preset("debug", conv_channels=-1)
+
+
+def test_few_step_overfit_with_the_conv_stem_and_head():
+    model = make_tokenizer(conv_channels=8)
+    video = moving_squares(2, 4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        out = model(video)
+        mse = torch.mean((out.recon - video) ** 2)
+        optimizer.zero_grad()
+        (mse + out.quant_loss).backward()
+        optimizer.step()
+        losses.append(mse.item())
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+    assert torch.count_nonzero(model.refine[-1].weight) > 0  # the refinement left its zero start

@@ -47,6 +47,10 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
     vq_decay: float = 0.8
     kmeans_iters: int = 10
     threshold_ema_dead_code: float = 2.0
+    # 0 = plain linear patch embedding and pixel head (the paper's ViT). k > 0 adds a per-frame 3x3
+    # convolution with k channels before patchifying and a residual 3x3 conv refinement (k hidden
+    # channels) after unpatchifying, so pixels see across patch borders; per frame, so still causal.
+    conv_channels: int = 0
 
     def __post_init__(self) -> None:
         self.fsq_levels = tuple(int(level) for level in self.fsq_levels)
@@ -58,6 +62,7 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         check_at_least(self, "codebook_size", 2)
+        check_at_least(self, "conv_channels", 0)
         if not self.fsq_levels or any(level < 3 for level in self.fsq_levels):
             # vector-quantize-pytorch's FSQ rejects 2 levels unless symmetry-preserving rounding is on.
             raise ValueError(f"fsq_levels must be a non-empty list of integers >= 3, got {list(self.fsq_levels)}")
@@ -82,7 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         fsq_levels=(8, 4),
         num_frames=4,
     ),
-    # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes.
+    # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes but conv_channels 0.
     "cpu": dict(
         patch_size=4,
         width=128,
@@ -92,6 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         codebook_size=1024,
         code_dim=32,
         num_frames=16,
+        conv_channels=16,
     ),
     # Genie App. F, CoinRun case study: exactly the paper's sizes.
     "coinrun-paper": dict(

@@ -36,7 +36,10 @@ class VideoTokenizer(nn.Module):
         c, p, d = config.channels, config.patch_size, config.width
         n = config.tokens_per_frame
 
-        self.patch_embed = nn.Linear(p * p * c, d)
+        k = config.conv_channels
+        # Optional per-frame convolutional stem: pixels mix with their neighbours across patch borders.
+        self.stem = nn.Sequential(nn.Conv2d(c, k, 3, padding=1), nn.GELU()) if k else None
+        self.patch_embed = nn.Linear(p * p * (k or c), d)
         self.encoder = STTransformer(
             d,
             config.depth_encoder,
@@ -69,7 +72,11 @@ class VideoTokenizer(nn.Module):
             dropout=config.dropout,
             causal=True,
         )
-        self.to_pixels = nn.Linear(d, p * p * c)
+        # With conv_channels k the head also emits k feature maps per pixel that a residual conv
+        # refinement (zero-initialised, so training starts from the plain linear head) reads.
+        self.to_pixels = nn.Linear(d, p * p * (c + k))
+        self.refine = nn.Sequential(nn.Conv2d(c + k, k, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(k, c, 3, padding=1)) if k else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -80,6 +87,9 @@ class VideoTokenizer(nn.Module):
         # Plain linear pixel head (no tanh): targets are in [-1, 1] and MSE handles the range.
         nn.init.normal_(self.to_pixels.weight, std=0.02)
         nn.init.zeros_(self.to_pixels.bias)
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
     @property
     def codebook_size(self) -> int:
@@ -112,6 +122,9 @@ class VideoTokenizer(nn.Module):
 
     def _encode(self, video: Tensor) -> QuantizerOutput:
         p = self.config.patch_size
+        if self.stem is not None:
+            b = video.shape[0]
+            video = rearrange(self.stem(rearrange(video, "b t c H W -> (b t) c H W")), "(b t) k H W -> b t k H W", b=b)
         patches = rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
         x = self.encoder(self.patch_embed(patches))  # (b, t, n, d)
         return self.quantizer(x)
@@ -125,6 +138,10 @@ class VideoTokenizer(nn.Module):
         pixels = rearrange(
             self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p
         )
+        if self.refine is not None:
+            c, b = self.config.channels, pixels.shape[0]
+            flat = rearrange(pixels, "b t c H W -> (b t) c H W")
+            pixels = rearrange(flat[:, :c] + self.refine(flat), "(b t) c H W -> b t c H W", b=b)
         return (pixels, new_cache) if return_cache else pixels
 
     def forward(self, video: Tensor) -> TokenizerOutput:

@@ -130,7 +130,10 @@ class FiniteScalarQuantizer(nn.Module):
         self.codebook_size = math.prod(self.levels)
         self.project_in = _linear_or_identity(dim, self.code_dim)
         self.project_out = _linear_or_identity(self.code_dim, dim)
-        self.fsq = FSQ(levels=list(self.levels), dim=self.code_dim)
+        # FSQ computes its codebook size with .item() in __init__, which fails under the meta device that
+        # transformers' from_pretrained builds models on; its buffers are fixed grids, so build them for real.
+        with torch.device("cpu"):
+            self.fsq = FSQ(levels=list(self.levels), dim=self.code_dim)
         self.register_buffer("zero", torch.zeros(()), persistent=False)
 
     @property
