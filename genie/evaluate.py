@@ -4,7 +4,10 @@
 - LAM: code usage; with true actions, NMI and linear-probe accuracy against them, each next to the
   same figure with shuffled labels;
 - world model: rollout PSNR/SSIM per horizon step from 1 prompt frame with LAM-inferred actions, the
-  copy-last-frame baseline, and ΔtPSNR (Genie §3: inferred minus random actions) with a 95% interval.
+  copy-last-frame baseline, and ΔtPSNR (Genie §3: inferred minus random actions) with a 95% interval;
+  beside them the two references seen through the tokenizer: copy-last in token space (the prompt's tokens
+  repeated, what a copy-only dynamics model shows) and the tokenizer's reconstruction of the true frames (what a
+  perfect dynamics model shows), which split a rollout's gap to copy-last into the dynamics' and the tokenizer's.
 
 Clips are a fixed, seeded subset of the split, so the same seed gives the same numbers.
 """
@@ -261,7 +264,7 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         tokens = rollout_tokens(wm.dynamics, prompt, actions, steps=steps, temperature=temperature, generator=g)
         return decode_tokens(wm.tokenizer, tokens)
 
-    ps, ss, base, delta = [], [], [], []
+    ps, ss, base, base_tok, ceiling, delta = [], [], [], [], [], []
     feats = {"real": [], "generated": [], "copy_last": []}
     for b in _batches(ds, batch, device, state):
         video = b["video"]
@@ -274,6 +277,10 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         ps.append(psnr(gen, target).cpu())  # (n, horizon)
         ss.append(ssim(gen, target).cpu())  # (n, horizon)
         base.append(psnr(video[:, :1].expand_as(target), target).cpu())
+        # The same two references through the tokenizer: its decoding of the prompt's tokens repeated (what a
+        # dynamics model that only copies would show) and of the true clip's own tokens (what a perfect one would).
+        base_tok.append(psnr(decode_tokens(wm.tokenizer, prompt.expand(-1, horizon + 1, -1, -1))[:, 1:], target).cpu())
+        ceiling.append(psnr(decode_tokens(wm.tokenizer, wm.tokenizer.encode(video))[:, 1:], target).cpu())
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
         gen_r = rollout(prompt, rand, g)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())
@@ -283,10 +290,10 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
             feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
         if progress:
             progress(n)
-    ps, ss, base, delta = _gather(state, ps, ss, base, delta)
+    ps, ss, base, base_tok, ceiling, delta = _gather(state, ps, ss, base, base_tok, ceiling, delta)
     if i3d is not None:
         feats = dict(zip(feats, _gather(state, *feats.values())))
-    ps, ss, base = torch.cat(ps), torch.cat(ss), torch.cat(base)
+    ps, ss, base, base_tok, ceiling = (torch.cat(x) for x in (ps, ss, base, base_tok, ceiling))
     fvd = None
     if i3d is not None:
         f = {k: torch.cat(v) for k, v in feats.items()}
@@ -299,6 +306,11 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
             "rollout_mean_psnr_db": float(ps.mean()), "copy_last_frame_mean_psnr_db": float(base.mean()),
             # per clip: mean rollout PSNR over the horizon minus the copy-last-frame one, with a 95% interval
             "mean_psnr_minus_copy_last_db": mean_ci95((ps.mean(1) - base.mean(1)).numpy()),
+            "copy_last_tokens_psnr_db": [float(x) for x in base_tok.mean(0)],
+            "copy_last_tokens_mean_psnr_db": float(base_tok.mean()),
+            "mean_psnr_minus_copy_last_tokens_db": mean_ci95((ps.mean(1) - base_tok.mean(1)).numpy()),
+            "tokenizer_recon_psnr_db": [float(x) for x in ceiling.mean(0)],
+            "tokenizer_recon_mean_psnr_db": float(ceiling.mean()),
             f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
     if fvd is not None:
         res["fvd"] = fvd
@@ -420,6 +432,13 @@ def markdown_table(res: dict) -> str:
             rows.append(f"| world model | mean rollout / copy-last PSNR ({w['horizon']} steps) | {w['rollout_mean_psnr_db']:.2f} / "
                         f"{w['copy_last_frame_mean_psnr_db']:.2f} dB, difference {d['mean']:+.2f} dB, 95% CI "
                         f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']}) |")
+        if "copy_last_tokens_psnr_db" in w:
+            d = w["mean_psnr_minus_copy_last_tokens_db"]
+            rows.append("| world model | copy-last through the tokenizer (prompt tokens repeated) | " + ", ".join(
+                f"{x:.2f}" for x in w["copy_last_tokens_psnr_db"]) + f"; mean {w['copy_last_tokens_mean_psnr_db']:.2f} dB, "
+                f"rollout minus it {d['mean']:+.2f} dB, 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+            rows.append("| world model | tokenizer reconstruction of the true frames (a perfect dynamics model) | " + ", ".join(
+                f"{x:.2f}" for x in w["tokenizer_recon_psnr_db"]) + f"; mean {w['tokenizer_recon_mean_psnr_db']:.2f} dB |")
         key = next(k for k in w if k.startswith("delta_t_psnr"))
         d = w[key]
         rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")

@@ -13,6 +13,7 @@ from typing import Optional
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
@@ -71,6 +72,8 @@ def run_train(stage: str, args: list[str]) -> None:
         if _raised_by_config_validation(e):
             raise GenieInputError(f"model.config: {e}") from None
         raise
+    except MisconfigurationException as e:  # Lightning's word for a trainer setting it cannot use
+        raise GenieInputError(f"trainer: {(str(e).strip().splitlines() or ['bad setting'])[0]}") from None
 
 
 def _raised_by_config_validation(e: BaseException) -> bool:

@@ -10,11 +10,18 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter
+from dynamics.config import DynamicsConfig
+from dynamics.model import DynamicsModel
 from genie.core.metrics import MAX_PSNR_DB, action_components, normalized_mutual_info, psnr
 from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
+from genie.export import save_export
+from genie.world_model import WorldModel
+from latent_actions.config import LatentActionConfig
+from latent_actions.model import LatentActionModel
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
 from tokenizer.config import TokenizerConfig
+from tokenizer.model import VideoTokenizer
 from tokenizer.module import TokenizerModule
 
 
@@ -196,3 +203,28 @@ def test_mean_rollout_against_copy_last_is_reported_with_an_interval(world, tmp_
     assert np.isclose(wm["rollout_mean_psnr_db"], np.mean(wm["rollout_psnr_db"]), atol=1e-4)
     assert np.isclose(d["mean"], wm["rollout_mean_psnr_db"] - wm["copy_last_frame_mean_psnr_db"], atol=1e-4)
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+
+
+def test_token_space_references_bound_a_copy_only_dynamics_model(tmp_path):
+    """An untrained copy-gate dynamics model at temperature 0 copies the prompt's tokens (the gate's init
+    puts half the probability on frame t-1's token), so its rollout is the copy-last-tokens reference."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    tok, lam = VideoTokenizer(TokenizerConfig.preset("debug")), LatentActionModel(LatentActionConfig.preset("debug"))
+    tok(x), lam(x)
+    dyn = DynamicsModel(DynamicsConfig.preset("debug", prev_token_input=True, copy_gate=True))
+    for stage, m in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
+        save_export(m.eval(), tmp_path / stage, stage)
+    WorldModel.assemble(tmp_path / "tokenizer", tmp_path / "lam", tmp_path / "dynamics", tmp_path / "world")
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=8) as w:
+        for e in range(2):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    res = evaluate(tmp_path / "world", data, split="test", num_clips=4, seed=0, steps=2, horizon=3, temperature=0,
+                   progress=False)["world_model"]
+    assert res["rollout_psnr_db"] == res["copy_last_tokens_psnr_db"]
+    assert res["mean_psnr_minus_copy_last_tokens_db"]["mean"] == 0
+    assert len(res["tokenizer_recon_psnr_db"]) == 3
+    # the copy reference is not the reconstruction: the clips move
+    assert res["copy_last_tokens_mean_psnr_db"] != res["tokenizer_recon_mean_psnr_db"]

@@ -152,6 +152,11 @@ def test_bad_config_exit_2(tmp_path, video64):
     assert p.returncode == 2 and "width" in p.stderr and "Traceback" not in p.stderr
     p = run_genie("train", "tokenizer", "--config", tmp_path / "missing.yaml")
     assert p.returncode == 2 and "no such config file" in stderr_line(p)
+    # a trainer setting Lightning rejects (the time limit needs DD:HH:MM:SS), before anything is written
+    p = run_genie("train", "tokenizer", "--config", ROOT / "configs/tokenizer/debug.yaml", "--data.data", video64,
+                  "--trainer.max_time", "00:00:3:5", "--trainer.default_root_dir", tmp_path / "r", timeout=120)
+    assert p.returncode == 2 and "trainer:" in stderr_line(p) and "DD:HH:MM:SS" in stderr_line(p)
+    assert not (tmp_path / "r" / "export").exists()
 
 
 def test_lam_export_round_trip(tmp_path):
