@@ -93,7 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=4,
     ),
     # For training on 2 CPU cores (16x16 tokens of a 64x64 frame at patch 4); the committed
-    # pretrained/ dynamics model has these sizes.
+    # pretrained/ dynamics model has these sizes, without prev_token_input and copy_gate.
     "cpu": dict(
         vocab_size=1024,
         grid=(16, 16),
@@ -102,6 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         depth=3,
         num_heads=6,
         num_frames=16,
+        prev_token_input=True,
+        copy_gate=True,
     ),
     # Genie App. F, CoinRun case study: exactly the paper's sizes.
     "coinrun-paper": dict(
