@@ -2,7 +2,9 @@
 
 Frames are cut into p x p patches, an ST-transformer encoder (causal in time) maps them to one
 discrete token per patch, and an ST-transformer decoder (also causal in time) maps tokens back to
-pixels. Causality in both halves means the tokens and reconstruction of frame t depend only on
+pixels. With `conv_channels` k > 0 a per-frame 3x3 conv stem (k channels) precedes the patches and a
+residual 3x3 conv refinement follows the pixel head, so pixels see across patch borders (per frame, so
+causality is kept). Causality in both halves means the tokens and reconstruction of frame t depend only on
 frames <= t, which generation relies on (Genie §2.1, Fig. 5).
 
 Shape legend: b batch, t frames, c channels, H W pixels, p patch size, h w token grid,
