@@ -280,7 +280,9 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         # The same two references through the tokenizer: its decoding of the prompt's tokens repeated (what a
         # dynamics model that only copies would show) and of the true clip's own tokens (what a perfect one would).
         base_tok.append(psnr(decode_tokens(wm.tokenizer, prompt.expand(-1, horizon + 1, -1, -1))[:, 1:], target).cpu())
-        ceiling.append(psnr(decode_tokens(wm.tokenizer, wm.tokenizer.encode(video))[:, 1:], target).cpu())
+        w = wm.tokenizer.config.num_frames  # encoded in consecutive windows, as `genie tokenize` does
+        true_tokens = torch.cat([wm.tokenizer.encode(video[:, i:i + w]) for i in range(0, horizon + 1, w)], 1)
+        ceiling.append(psnr(decode_tokens(wm.tokenizer, true_tokens)[:, 1:], target).cpu())
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
         gen_r = rollout(prompt, rand, g)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())

@@ -205,13 +205,16 @@ def test_mean_rollout_against_copy_last_is_reported_with_an_interval(world, tmp_
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
 
 
-def test_token_space_references_bound_a_copy_only_dynamics_model(tmp_path):
+@pytest.mark.parametrize("tokenizer_frames", [4, 2])
+def test_token_space_references_bound_a_copy_only_dynamics_model(tmp_path, tokenizer_frames):
     """An untrained copy-gate dynamics model at temperature 0 copies the prompt's tokens (the gate's init
-    puts half the probability on frame t-1's token), so its rollout is the copy-last-tokens reference."""
+    puts half the probability on frame t-1's token), so its rollout is the copy-last-tokens reference.
+    A tokenizer shorter than the rollout encodes the true clip in windows."""
     torch.manual_seed(0)
-    x = torch.rand(2, 4, 3, 64, 64) * 2 - 1
-    tok, lam = VideoTokenizer(TokenizerConfig.preset("debug")), LatentActionModel(LatentActionConfig.preset("debug"))
-    tok(x), lam(x)
+    x = torch.rand(2, tokenizer_frames, 3, 64, 64) * 2 - 1
+    tok = VideoTokenizer(TokenizerConfig.preset("debug", num_frames=tokenizer_frames))
+    lam = LatentActionModel(LatentActionConfig.preset("debug"))
+    tok(x), lam(x[:, :2])
     dyn = DynamicsModel(DynamicsConfig.preset("debug", prev_token_input=True, copy_gate=True))
     for stage, m in (("tokenizer", tok), ("lam", lam), ("dynamics", dyn)):
         save_export(m.eval(), tmp_path / stage, stage)
