@@ -1,7 +1,7 @@
 """The `genie` command (also `python -m genie`).
 
 Subcommands (DESIGN §5): `data coinrun|import|info`, `train`, `tokenize`, `export`, `generate`, `assemble`,
-`evaluate`, `probe`, `quickstart`, `play`. Bad input raises GenieInputError anywhere below; it is printed as
+`evaluate`, `probe`, `ground`, `quickstart`, `play`. Bad input raises GenieInputError anywhere below; it is printed as
 one line on stderr with exit code 2. Each subcommand's module is imported when that subcommand runs, so
 `genie --help` or `genie data info` does not load torch, Lightning and transformers (seconds of start-up).
 """
@@ -172,6 +172,21 @@ def _cmd_probe(a: argparse.Namespace) -> None:
         c = res["confusion"]
         print(f"keymap accuracy {c['accuracy']:.3f} (always the most frequent action: {c['majority_accuracy']:.3f}), "
               f"NMI {c['nmi']:.3f} over {c['transitions']} transitions")
+
+
+def _cmd_ground(a: argparse.Namespace) -> None:
+    from genie.grounding import ground, grounding_markdown
+
+    if a.out is not None and Path(a.out).suffix.lower() != ".json":
+        raise GenieInputError(f"{a.out}: --out must be a .json file")
+    res = ground(a.model, a.data, labels=a.labels, split=a.split, seed=a.seed, ceiling=not a.no_ceiling,
+                 device=a.device, progress=not a.quiet, probe_cache=a.probe_cache)
+    print(grounding_markdown(res))
+    print("latent → real: " + ", ".join(f"{i}→{n}" for i, n in enumerate(res["code_to_action"])))
+    print(f"wrote {res['action_map']} (fitted on {res['map_labels']} labelled transitions)")
+    if a.out is not None:
+        atomic.write_text(Path(a.out), json.dumps(res, indent=2))
+        print(f"wrote {a.out}")
 
 
 def _cmd_quickstart(a: argparse.Namespace) -> None:
@@ -346,6 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(pr, "--seed")
     add_device(pr)
     pr.set_defaults(func=_cmd_probe)
+
+    gr = sub.add_parser("ground", help="fit the latent → real action map (action_map.json) from N labelled transitions")
+    gr.add_argument("--model", required=True, help="world-model folder or LAM export; action_map.json is written beside the LAM")
+    gr.add_argument("--data", required=True, help="dataset with true actions: its train split fits the map, "
+                                                  "its test (else val) split scores it")
+    gr.add_argument("--labels", type=int, default=200, help="labelled transitions the written map is fitted on "
+                                                            "(Genie §3.3: 200)")
+    add_option(gr, "--split", help="held-out split that scores the map (default: test, else val)")
+    add_option(gr, "--seed")
+    gr.add_argument("--no-ceiling", action="store_true", help="skip the supervised inverse-dynamics ceiling "
+                                                             "(minutes the first time for a dataset, then cached)")
+    gr.add_argument("--probe-cache", default=None, metavar="DIR", help="where the ceiling probe is cached "
+                                                                       "(default: <data>/.genie-cache)")
+    gr.add_argument("--out", default=None, help="also write the table as JSON")
+    add_option(gr, "--quiet")
+    add_device(gr)
+    gr.set_defaults(func=_cmd_ground)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun or on your own videos (--videos DIR), "
                                           "sized for a 2-core machine")

@@ -42,6 +42,7 @@ from genie.core.registry import STAGES
 from genie.distributed import process_state
 from genie.export import load_export
 from genie.fvd import fvd_report, i3d_features, load_i3d
+from genie.grounding import Transitions, collect_transitions, grounding_table
 from genie.idm_probe import check_same_classes, probe_for
 from genie.nn import codebook_usage
 from genie.sampling import decode_tokens, rollout_tokens
@@ -108,6 +109,22 @@ def _gather(state, *lists: list) -> tuple[list, ...]:
     if state is None:
         return lists
     return tuple(gather_object(list(x)) for x in lists)
+
+
+# Label budgets of the few-label scores (the dictionary and the linear map on the continuous latent).
+FEW_LABEL_BUDGETS = (200, 1000)
+
+
+def few_label_transitions(lam, data, probe_data=None, seed: int = 0) -> Transitions | str:
+    """Labelled training-level transitions for evaluate_lam's few-label scores: from the train split of
+    `probe_data` (default `data`), or a string saying why there are none."""
+    src = data if probe_data is None else probe_data
+    card = read_card(src)
+    if not card.get("has_actions"):
+        return f"not computed: {src} has no true actions"
+    if not (card.get("splits", {}).get("train") or {}).get("episodes"):
+        return f"not computed: {src} has no labelled train split (pass --probe-data DIR)"
+    return collect_transitions(lam, src, "train", max(FEW_LABEL_BUDGETS), seed)
 
 
 # A patch counts as unchanged when no pixel of it moved by more than this, in [-1, 1] units: one uint8 step
@@ -177,11 +194,13 @@ def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: 
 
 @torch.no_grad()
 def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
-                 probe=None, state=None) -> dict:
+                 probe=None, state=None, few_labels: Transitions | str | None = None) -> dict:
     """LAM figures on a fixed clip subset. `probe`: (model or None, info) from `genie.idm_probe.probe_for`:
-    the supervised inverse-dynamics ceiling, scored on the same transitions and merged classes."""
+    the supervised inverse-dynamics ceiling, scored on the same transitions and merged classes.
+    `few_labels`: labelled training-level transitions (genie.grounding) for the dictionary and the linear map's
+    held-out accuracy at 200 and 1,000 labels, or a string saying why there are none."""
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
-    codes, true, p_inf, p_rand, ceiling = [], [], [], [], []
+    codes, true, p_inf, p_rand, ceiling, latents = [], [], [], [], [], []
     probe_net, probe_info = probe if probe is not None else (None, None)
     device = _device_of(lam)
     if probe_net is not None:
@@ -194,13 +213,14 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
         p_inf.append(psnr(out.pred, video[:, 1:]).flatten().cpu())
         p_rand.append(psnr(lam.decode_with_actions(video[:, :-1], rand), video[:, 1:]).flatten().cpu())
         codes.append(out.actions.flatten().cpu())
+        latents.append(out.latents.flatten(0, 1).float().cpu())
         if "actions" in b:
             true.append(b["actions"].flatten())
             if probe_net is not None:
                 ceiling.append(probe_net.predict_clip(video).flatten().cpu())
         if progress:
             progress(len(video))
-    codes, true, p_inf, p_rand, ceiling = _gather(state, codes, true, p_inf, p_rand, ceiling)
+    codes, true, p_inf, p_rand, ceiling, latents = _gather(state, codes, true, p_inf, p_rand, ceiling, latents)
     codes_np = torch.cat(codes).numpy()
     u = codebook_usage(torch.cat(codes), lam.num_actions)
     res = {"clips": len(ds), "transitions": int(len(codes_np)), "code_usage": float(u.usage),
@@ -208,6 +228,7 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
            "code_perplexity": float(u.perplexity),
            "next_frame_psnr_inferred_db": float(torch.cat(p_inf).mean()),
            "next_frame_psnr_random_db": float(torch.cat(p_rand).mean())}
+    res["psnr_gap_db"] = res["next_frame_psnr_inferred_db"] - res["next_frame_psnr_random_db"]
     if not true:
         res["action_metrics"] = "not computed: the data has no true actions"
         return res
@@ -223,6 +244,15 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
                probe_accuracy_shuffled=linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed))
     if components is not None:  # which part of the control the codes carry: the direction, the jump
         res["nmi_components"] = {k: normalized_mutual_info(codes_np, table[raw]) for k, table in components.items()}
+    if isinstance(few_labels, Transitions):
+        # What a user gets from a few labels (Genie App. E): the maps fitted on labelled training-level
+        # transitions, scored on these held-out ones.
+        held = Transitions(torch.cat(latents).numpy(), codes_np.astype(np.int64), labels.astype(np.int64))
+        k = int(max(labels.max(), few_labels.labels.max())) + 1
+        res["few_labels"] = {"fitted_on": f"labelled training-level transitions ({len(few_labels)} available)",
+                             "rows": grounding_table(few_labels, held, lam.num_actions, k, FEW_LABEL_BUDGETS, seed)}
+    elif few_labels is not None:
+        res["few_labels"] = few_labels
     if probe_net is not None:
         pred = torch.cat(ceiling).numpy()
         nmi = normalized_mutual_info(pred, labels)
@@ -368,7 +398,9 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     if "lam" in stages:
         with state.main_process_first() if state is not None else nullcontext():  # one process trains the probe
             probe = ceiling_probe(data, probe_data, probe_cache, seed, dev)
-        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state)
+        few = few_label_transitions(stages["lam"], data, probe_data, seed) if read_card(data).get("has_actions") else None
+        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state,
+                                  few_labels=few)
     if len(stages) == 3:
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
         out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
@@ -408,6 +440,7 @@ def markdown_table(res: dict) -> str:
         rows.append(f"| LAM | codes used | {lam['codes_used']} of {lam['num_actions']} (perplexity {lam['code_perplexity']:.2f}) |")
         rows.append(f"| LAM | next-frame PSNR inferred / random action | {lam['next_frame_psnr_inferred_db']:.2f} / "
                     f"{lam['next_frame_psnr_random_db']:.2f} dB |")
+        rows.append(f"| LAM | next-frame PSNR gap (what the action carries) | {lam['psnr_gap_db']:.2f} dB |")
         if "nmi" in lam:
             rows.append(f"| LAM | NMI vs true actions (shuffled) | {lam['nmi']:.3f} ({lam['nmi_shuffled']:.3f}) |")
             rows.append(f"| LAM | linear-probe accuracy (shuffled) | {lam['probe_accuracy']:.3f} ({lam['probe_accuracy_shuffled']:.3f}) |")
@@ -422,6 +455,13 @@ def markdown_table(res: dict) -> str:
                     f"{k} {lam['nmi_components'][k]:.3f} / {v:.3f}" for k, v in c["nmi_components"].items()) + " |")
         elif c:
             rows.append(f"| LAM | supervised inverse-dynamics ceiling | {c} |")
+        fl = lam.get("few_labels")
+        if isinstance(fl, dict):
+            for r in fl["rows"]:
+                rows.append(f"| LAM | {r['labels']} labels: dictionary / linear map on the latent / majority accuracy | "
+                            f"{r['dictionary_accuracy']:.3f} / {r['linear_accuracy']:.3f} / {r['majority_accuracy']:.3f} |")
+        elif fl:
+            rows.append(f"| LAM | few-label accuracy | {fl} |")
         if "nmi_components" in lam and not isinstance(c, dict):
             rows.append("| LAM | NMI by component | " + ", ".join(
                 f"{k} {v:.3f}" for k, v in lam["nmi_components"].items()) + " |")

@@ -58,6 +58,7 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     threshold_ema_dead_code: float = 2.0
     decoder_mask_ratio: float = 0.25
     decoder_motion: bool = False
+    encoder_causal: bool = True
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
@@ -67,8 +68,9 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
         check_at_least(self, "num_frames", 2)  # one transition needs two frames
         check_transformer(self)
         check_vector_quantizer(self)
-        if not isinstance(self.decoder_motion, bool):
-            raise ValueError(f"decoder_motion must be true or false, got {self.decoder_motion!r}")
+        for name in ("decoder_motion", "encoder_causal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_unit_interval(self, "decoder_mask_ratio")
 
 

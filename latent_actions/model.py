@@ -11,8 +11,10 @@ The encoder reads each frame's patches together with their difference from the p
 and pools frame t+1's output tokens (attention pooling) into the latent of transition t.
 
 Causality (DESIGN §7.2, §7.6):
-- encoder: causal temporal attention, and a_t is read from frame t+1's tokens, so a_t depends on
-  frames <= t+1 only;
+- encoder: causal temporal attention by default, and a_t is read from frame t+1's tokens, so a_t
+  depends on frames <= t+1 only. With `encoder_causal: false` the encoder's temporal attention is
+  bidirectional and a_t may read the whole clip (a multi-step inverse model, LAOM); allowed because
+  the encoder only labels training data (Genie §2.1), the decoder below stays causal;
 - decoder: causal temporal attention over frames x_1..x_{T-1}, with a_t added to frame t's tokens,
   so the prediction of x_{t+1} depends on x_<=t and a_<=t only, never on x_{t+1} itself.
 
@@ -38,6 +40,7 @@ class LAMOutput:
     actions: Tensor  # (b, t-1) int64 latent action ids in [0, a); actions[:, i] moves frame i -> i+1
     action_emb: Tensor  # (b, t-1, d) fp32 quantized action embeddings the decoder was given
     quant_loss: Tensor  # () VQ commitment loss, already weighted; 0 in eval mode
+    latents: Tensor  # (b, t-1, d) fp32 continuous pre-quantization latents (what the VQ rounded)
 
 
 class LatentActionModel(nn.Module):
@@ -59,7 +62,7 @@ class LatentActionModel(nn.Module):
             num_frames=config.num_frames,
             mlp_ratio=config.mlp_ratio,
             dropout=config.dropout,
-            causal=True,
+            causal=config.encoder_causal,
         )
         # Attention pooling over the n patches of frame t+1: a learned score per patch, so the
         # latent can concentrate on the few patches where something moved instead of averaging
@@ -164,20 +167,18 @@ class LatentActionModel(nn.Module):
         return torch.cat([patches, diff], dim=-1)
 
     def _encode_latents(self, video: Tensor) -> Tensor:
-        """video (b, t, c, H, W) -> continuous pre-quantization latents (b, t-1, d)."""
         # Each frame's patches go in beside their change since the previous frame (zero for the
         # first): motion is then a linear feature of the input rather than something one layer must
         # discover by comparing frames through attention. On synthetic sprites this took code/action
         # NMI after 400 steps from ~0.1 to ~0.5. It uses frames t-1 and t only, so causality holds.
         x = self.encoder(self.encoder_patch_embed(self._with_motion(self._patchify(video))))  # (b, t, n, d)
         # Transition i (frames i -> i+1) is read from frame i+1's tokens, which causal temporal
-        # attention has let see frames <= i+1 only. Frame 0's tokens end no transition.
+        # attention has let see frames <= i+1 only (all frames with encoder_causal off). Frame 0's
+        # tokens end no transition.
         x = x[:, 1:]  # (b, t-1, n, d)
         weights = self.pool_score(x).float().softmax(dim=2)  # (b, t-1, n, 1)
         return (weights * x.float()).sum(dim=2)  # (b, t-1, d)
 
-    def _encode(self, video: Tensor) -> QuantizerOutput:
-        return self.quantizer(self._encode_latents(video))
 
     def _decode(self, context: Tensor, action_emb: Tensor) -> Tensor:
         """context (b, t, c, H, W) frames x_1..x_t, action_emb (b, t, d) -> x_2..x_{t+1} (b, t, c, H, W)."""
@@ -221,9 +222,10 @@ class LatentActionModel(nn.Module):
         The reconstruction target is video[:, 1:]; the loss is left to the training module.
         """
         self._check_video(video, 2, self.config.num_frames, "video")
-        q = self._encode(video)
+        latents = self._encode_latents(video)
+        q = self.quantizer(latents)
         pred = self._decode(video[:, :-1], q.quantized)
-        return LAMOutput(pred=pred, actions=q.indices, action_emb=q.quantized, quant_loss=q.loss)
+        return LAMOutput(pred=pred, actions=q.indices, action_emb=q.quantized, quant_loss=q.loss, latents=latents)
 
     def infer_actions(self, video: Tensor) -> Tensor:
         """video (b, t, c, H, W) in [-1, 1] -> latent action ids (b, t-1) int64.
@@ -231,7 +233,13 @@ class LatentActionModel(nn.Module):
         Call in eval mode: in train mode the VQ updates its codebook (EMA) as a side effect.
         """
         self._check_video(video, 2, self.config.num_frames, "video")
-        return self._encode(video).indices
+        return self.quantizer(self._encode_latents(video)).indices
+
+    def encode_latents(self, video: Tensor) -> Tensor:
+        """video (b, t, c, H, W) in [-1, 1] -> continuous pre-quantization latents (b, t-1, d) fp32: what the
+        VQ rounds to a code. Read by few-label probes and the latent -> real action map (genie.grounding)."""
+        self._check_video(video, 2, self.config.num_frames, "video")
+        return self._encode_latents(video)
 
     def embed_actions(self, actions: Tensor) -> Tensor:
         """action ids (...) -> their decoder embeddings (..., d) fp32 (codebook projected to d)."""

@@ -8,10 +8,14 @@ the NMI between latent codes and true actions (merged by the dataset card's `mer
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 
 from genie.core.device import generator_for
-from genie.core.metrics import merge_actions, normalized_mutual_info, psnr
+from genie.core.errors import GenieInputError
+from genie.core.metrics import agent_box, merge_actions, merged_action_table, normalized_mutual_info, psnr
 from genie.core.training import GenieModule
 from genie.nn import codebook_usage
 from latent_actions.config import LatentActionConfig
@@ -37,18 +41,33 @@ class LatentActionModule(GenieModule):
             then count little and the pixels only the action explains (a sprite turning, a jump starting)
             count more: the codes are pushed toward what the past cannot tell. Training only; about 1.4×
             the step time. Combines with change_weight (the weights multiply).
+        roi_weight: 0 (default) off. w > 0 weights each pixel's squared error by 1 + w inside the region of
+            interest the dataset card names (`agent_box`: CoinRun's fixed centre box, where the camera keeps
+            the agent) and 1 elsewhere (normalised to mean 1). The agent's left/right shows in pixels only
+            there (its sprite turns), under a large scroll the plain MSE is dominated by (MaskLAM weights the
+            loss with agent masks). Data whose card names no box (imported videos) trains as w = 0, with a
+            warning. Multiplies with the other weights. Training only.
+        label_fraction: 0 (default: unsupervised, as Genie). f > 0 makes the LAM semi-supervised: a linear head
+            from the continuous pre-quantisation latent to the true (merged) action is trained with
+            cross-entropy, weighted `label_weight`, on the transitions chosen as labelled — a fixed share f of
+            the training transitions by a hash of (episode, frame), so the same ones are labelled in every
+            epoch (LAOM: 2.5% labels). Needs data with actions. The head is not exported. Training only.
+        label_weight: weight of that cross-entropy in the loss (default 0.1).
     """
 
     stage = "lam"
 
     def __init__(self, config: LatentActionConfig, lr: float = 3e-4, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1,
-                 change_weight: float = 0.0, surprise_weight: float = 0.0):
+                 change_weight: float = 0.0, surprise_weight: float = 0.0, roi_weight: float = 0.0,
+                 label_fraction: float = 0.0, label_weight: float = 0.1):
         super().__init__()
-        if not change_weight >= 0:
-            raise ValueError(f"change_weight must be >= 0, got {change_weight!r}")
-        if not surprise_weight >= 0:
-            raise ValueError(f"surprise_weight must be >= 0, got {surprise_weight!r}")
+        for name, value in (("change_weight", change_weight), ("surprise_weight", surprise_weight),
+                            ("roi_weight", roi_weight), ("label_weight", label_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not 0 <= label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in [0, 1], got {label_fraction!r}")
         if isinstance(config, dict):
             config = LatentActionConfig.from_dict(config)
         self.save_hyperparameters(ignore=["config"])
@@ -56,12 +75,40 @@ class LatentActionModule(GenieModule):
         self.model = LatentActionModel(config)
         # Training-only "no action" embedding of the action-free branch (surprise_weight); not in exports.
         self.no_action = torch.nn.Parameter(torch.zeros(config.width)) if surprise_weight > 0 else None
+        # Few-label head (label_fraction), built in setup once the data says how many classes there are.
+        self.label_head: torch.nn.Linear | None = None
+        self._merge: torch.Tensor | None = None  # raw action id -> scored class
+        self._roi: tuple[int, int, int, int] | None = None
         self._codes: list[torch.Tensor] = []
         self._true: list[torch.Tensor] = []
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.check_data()
+        if stage != "fit":
+            return
+        self.check_data()
+        card = getattr(getattr(getattr(self.trainer, "datamodule", None), "train_set", None), "card", None)
+        if self.hparams.roi_weight > 0:
+            self._roi = agent_box(card or {}, self.model.config.frame_size)
+            if self._roi is None:
+                warnings.warn("roi_weight is set but the dataset card names no agent_box: training without it",
+                              stacklevel=2)
+        if self.hparams.label_fraction > 0 and self.label_head is None:
+            if not card or not card.get("has_actions"):
+                raise GenieInputError("label_fraction > 0 needs training data with true actions (a recorded "
+                                      "CoinRun dataset); this data has none")
+            table = merged_action_table(card)
+            if table is None:
+                table = torch.arange(int(card["num_actions"])).numpy()
+            self._merge = torch.as_tensor(table, dtype=torch.long)
+            self.label_head = torch.nn.Linear(self.model.config.width, int(table.max()) + 1)
+
+    def _labelled(self, batch: dict, t: int) -> torch.Tensor:
+        """(b, t) bool: which transitions of the batch count as labelled — a fixed share label_fraction of all
+        training transitions, chosen by a hash of (episode id, frame index) so that it does not change
+        between epochs or runs."""
+        frame = batch["start"][:, None] + torch.arange(t, device=batch["start"].device)  # (b, t)
+        key = (batch["episode_id"][:, None].long() * 1_000_003 + frame.long()) * 2_654_435_761 % 4_294_967_296
+        return key.float() / 4_294_967_296 < self.hparams.label_fraction
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         video = batch["video"]
@@ -81,12 +128,24 @@ class LatentActionModule(GenieModule):
             null_mse = null_err.mean()
             e = null_err.detach().mean(dim=2, keepdim=True)
             w = w * (1 + self.hparams.surprise_weight * e / e.mean().clamp_min(1e-8))
-        weighted = self.hparams.change_weight > 0 or null_mse is not None
+        if self._roi is not None:
+            top, left, bottom, right = self._roi
+            roi = torch.ones_like(err[:1, :1, :1])  # (1, 1, 1, H, W)
+            roi[..., top:bottom, left:right] += self.hparams.roi_weight
+            w = w * roi
+        weighted = self.hparams.change_weight > 0 or null_mse is not None or self._roi is not None
         recon = (err * (w / w.mean())).mean() if weighted else mse
         if null_mse is not None:
             recon = recon + null_mse
             self.log("train/null_mse", null_mse)
         loss = recon + out.quant_loss
+        if self.label_head is not None and "actions" in batch:
+            labelled = self._labelled(batch, out.actions.shape[1])
+            if labelled.any():
+                y = self._merge.to(batch["actions"].device)[batch["actions"].long()][labelled]
+                ce = F.cross_entropy(self.label_head(out.latents[labelled]), y)
+                loss = loss + self.hparams.label_weight * ce
+                self.log("train/label_ce", ce)
         usage = codebook_usage(out.actions, self.model.num_actions)
         self.log_dict({"train/loss": loss, "train/mse": mse, "train/quant_loss": out.quant_loss,
                        "train/code_usage": usage.usage, "train/perplexity": usage.perplexity})

@@ -67,3 +67,59 @@ def test_surprise_weight_trains_an_action_free_branch_and_weights_what_it_misses
     assert "no_action" not in m.model.state_dict()  # training only: exports are unchanged
     with pytest.raises(ValueError, match="surprise_weight"):
         LatentActionModule(LatentActionConfig.preset("debug"), surprise_weight=-1.0)
+
+
+def _with_card(m: LatentActionModule, card: dict) -> LatentActionModule:
+    """Attach a stand-in trainer whose datamodule's train set carries `card`, then run setup('fit')."""
+    from types import SimpleNamespace
+
+    ds = SimpleNamespace(card=card, frame_shape=(64, 64, 3))
+    dm = SimpleNamespace(train_set=ds, hparams=SimpleNamespace(clip_len=4, data="d"), source="arrow")
+    m._trainer = SimpleNamespace(datamodule=dm)  # noqa: SLF001 (what Lightning sets)
+    type(m).trainer = property(lambda self: self._trainer)
+    try:
+        m.setup("fit")
+    finally:
+        del type(m).trainer
+    return m
+
+
+def test_roi_weight_counts_the_agent_box_more_and_needs_a_box():
+    video = torch.zeros(2, 4, 3, 64, 64)
+    video[:, 1::2, :, 28:36, 29:36] = 1.0  # the only change is inside the agent box
+    card = {"agent_box": {"top": 28, "left": 29, "bottom": 36, "right": 36}}
+    plain, roi = _module(), _with_card(_module(roi_weight=20.0), card)
+    roi.model.load_state_dict(plain.model.state_dict())
+    lp, out = _loss_parts(plain, video)
+    lr, _ = _loss_parts(roi, video)
+    err = (out.pred - video[:, 1:]).square()
+    box, rest = err[..., 28:36, 29:36].mean(), err.mean()
+    assert (lr - out.quant_loss - rest).sign() == (box - rest).sign() and not torch.isclose(lr, lp)
+    with pytest.warns(UserWarning, match="agent_box"):
+        unboxed = _with_card(_module(roi_weight=20.0), {})
+    torch.testing.assert_close(_loss_parts(unboxed, video)[0], lp)  # no box: trains as without the option
+
+
+def test_label_fraction_trains_a_head_on_a_fixed_share_of_transitions():
+    from genie.core.errors import GenieInputError
+
+    card = {"has_actions": True, "num_actions": 15, "merged_action": [0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4]}
+    m = _with_card(_module(label_fraction=0.5, label_weight=1.0), card)
+    assert m.label_head is not None and m.label_head.out_features == 9
+    batch = {"video": torch.rand(8, 4, 3, 64, 64) * 2 - 1, "actions": torch.randint(0, 15, (8, 3)),
+             "episode_id": torch.arange(8), "start": torch.zeros(8, dtype=torch.long)}
+    labelled = m._labelled(batch, 3)
+    assert 0 < labelled.float().mean() < 1
+    assert torch.equal(labelled, m._labelled(batch, 3))  # the same transitions every time
+    logged = {}
+    m.log = lambda name, value, **k: logged.__setitem__(name, value)
+    loss = m.training_step(batch, 0)
+    assert "train/label_ce" in logged
+    loss.backward()
+    assert m.label_head.weight.grad.abs().sum() > 0
+    assert m.model.encoder_patch_embed.weight.grad.abs().sum() > 0  # the head's gradient reaches the encoder
+    assert not any(k.startswith("label_head") for k in m.model.state_dict())  # training only
+    with pytest.raises(GenieInputError, match="true actions"):
+        _with_card(_module(label_fraction=0.1), {"has_actions": False})
+    with pytest.raises(ValueError, match="label_fraction"):
+        _module(label_fraction=1.5)

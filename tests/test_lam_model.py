@@ -320,3 +320,33 @@ def test_non_square_frames_infer_and_decode():
     assert torch.allclose(pred, out.pred, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(3, 48, 64\)"):
         model.infer_actions(torch.rand(1, 4, 3, 64, 64))
+
+
+def test_non_causal_encoder_reads_later_frames_and_the_decoder_stays_causal():
+    """encoder_causal=False (a multi-step inverse model): a_t may depend on frames after t+1, while the decoder's
+    prediction of frame t+1 still depends on frames <= t and actions <= t only."""
+    model = make_lam(encoder_causal=False)
+    video = random_video(2, 4)
+    model(video)
+    model.eval()
+    with torch.no_grad():
+        base = model.encode_latents(video)
+        later = video.clone()
+        later[:, 3] = random_video(2, 1, seed=33)[:, 0]
+        assert (model.encode_latents(later)[:, 0] - base[:, 0]).abs().max() > 1e-4  # transition 0 saw frame 3
+        actions = torch.zeros(2, 3, dtype=torch.long)
+        pred = model.decode_with_actions(video[:, :-1], actions)
+        changed = video[:, :-1].clone()
+        changed[:, 2] = random_video(2, 1, seed=34)[:, 0]
+        torch.testing.assert_close(model.decode_with_actions(changed, actions)[:, :2], pred[:, :2], atol=1e-6, rtol=0)
+
+
+def test_forward_returns_the_latents_the_codes_were_rounded_from():
+    model = make_lam()
+    video = random_video(2, 4)
+    model(video)
+    model.eval()
+    with torch.no_grad():
+        out = model(video)
+        torch.testing.assert_close(out.latents, model.encode_latents(video))
+        assert torch.equal(model.quantizer(out.latents).indices, out.actions)

@@ -60,6 +60,23 @@ def action_components(card: dict) -> dict[str, np.ndarray] | None:
     return {"horizontal": axis("LEFT", "RIGHT"), "vertical": axis("DOWN", "UP")}
 
 
+def agent_box(card: dict, frame_size: tuple[int, int] | None = None) -> tuple[int, int, int, int] | None:
+    """The card's region of interest (`agent_box`: where the controlled agent is drawn, e.g. CoinRun's fixed
+    centre box) as (top, left, bottom, right) pixels, end-exclusive; None when the card names none. With
+    `frame_size` (H, W) a box outside the frame is an error rather than a silently empty region."""
+    box = card.get("agent_box")
+    if not box:
+        return None
+    try:
+        top, left, bottom, right = (int(box[k]) for k in ("top", "left", "bottom", "right"))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"dataset card agent_box must have integer top, left, bottom, right; got {box!r}") from None
+    h, w = frame_size if frame_size is not None else (bottom, right)
+    if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+        raise ValueError(f"dataset card agent_box {box} does not fit {h}x{w} frames")
+    return top, left, bottom, right
+
+
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     _, ai = np.unique(a, return_inverse=True)

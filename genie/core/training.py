@@ -36,7 +36,9 @@ class GenieModule(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        # The module's own parameters, not only the model's: training-only parts (the LAM's action-free
+        # embedding, its few-label head) must train too; frozen upstream models have requires_grad off.
+        for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             # no weight decay on norms, biases, embeddings tables' gains
