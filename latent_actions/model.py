@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from genie.nn import QuantizerOutput, STTransformer, build_quantizer
+from genie.nn import STTransformer, build_quantizer
 from latent_actions.config import LatentActionConfig
 
 

@@ -98,6 +98,8 @@ class LatentActionModule(GenieModule):
                                       "CoinRun dataset); this data has none")
             table = merged_action_table(card)
             if table is None:
+                if not card.get("num_actions"):
+                    raise GenieInputError("label_fraction > 0: the dataset card names no num_actions")
                 table = torch.arange(int(card["num_actions"])).numpy()
             self._merge = torch.as_tensor(table, dtype=torch.long)
             self.label_head = torch.nn.Linear(self.model.config.width, int(table.max()) + 1)
