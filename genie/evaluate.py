@@ -32,6 +32,7 @@ from genie.core.device import generator_for, resolve_device, to_device
 from genie.core.errors import GenieInputError
 from genie.core.metrics import (
     action_components,
+    agent_box,
     merge_actions,
     merged_action_table,
     normalized_mutual_info,
@@ -275,11 +276,42 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
 
 
 @torch.no_grad()
+def _box(video: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    top, left, bottom, right = box
+    return video[..., top:bottom, left:right]
+
+
+def action_margin(wm, true_tokens: torch.Tensor, actions: torch.Tensor, target: torch.Tensor, steps: int,
+                  temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Counterfactual action margin (n, T) in dB: at each step k, from the true frames' tokens before it, the
+    PSNR of frame k generated under the inferred action minus the best PSNR any other latent action reaches.
+    Positive: the inferred action explains the true frame better than every alternative (the action matters);
+    near 0 or below: the model's frame barely depends on which action it is given (DESIGN §7.14).
+
+    true_tokens (n, T+1, h, w); actions (n, T) inferred; target (n, T, c, H, W) the true frames 1..T."""
+    n, horizon = actions.shape
+    a = wm.num_actions
+    out = []
+    for k in range(1, horizon + 1):
+        ctx = true_tokens[:, :k].repeat(a, 1, 1, 1)  # (a*n, k, h, w): candidate-major
+        cand = torch.arange(a, device=actions.device).repeat_interleave(n)[:, None]  # (a*n, 1)
+        tokens = rollout_tokens(wm.dynamics, ctx, cand, steps=steps, temperature=temperature, generator=generator,
+                                prompt_actions=actions[:, :k - 1].repeat(a, 1) if k > 1 else None)
+        frame = decode_tokens(wm.tokenizer, tokens)[:, -1]  # (a*n, c, H, W)
+        p = psnr(frame, target[:, k - 1].repeat(a, 1, 1, 1)).view(a, n)  # (a, n)
+        inferred = p.gather(0, actions[:, k - 1][None]).squeeze(0)
+        others = p.masked_fill(torch.nn.functional.one_hot(actions[:, k - 1], a).T.bool(), float("-inf"))
+        out.append(inferred - others.max(0).values)
+    return torch.stack(out, dim=1)
+
+
 def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
                          steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None, i3d=None,
-                         state=None) -> dict:
+                         state=None, margin_clips: int = 32) -> dict:
     """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip.
 
+    Beside the whole-frame figures, the same PSNRs inside the dataset card's `agent_box` (where the eye looks:
+    CoinRun's agent), and on the first `margin_clips` clips the counterfactual action margin (`action_margin`).
     With an `i3d` network (genie.fvd), also the FVD of the rollouts (prompt + generated frames) and of the
     copy-last-frame clips against the true clips."""
     if horizon < 1:
@@ -289,12 +321,14 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
     if horizon + 1 > wm.lam.config.num_frames:
         raise GenieInputError(f"horizon {horizon} needs LAM clips of {horizon + 1} frames (LAM num_frames {wm.lam.config.num_frames})")
     device = wm.device
+    box = agent_box(ds.card, tuple(ds.frame_shape[:2]))
 
     def rollout(prompt, actions, g):  # prompt tokens (n, 1, h, w), actions (n, T) -> video (n, 1 + T, c, H, W)
         tokens = rollout_tokens(wm.dynamics, prompt, actions, steps=steps, temperature=temperature, generator=g)
         return decode_tokens(wm.tokenizer, tokens)
 
-    ps, ss, base, base_tok, ceiling, delta = [], [], [], [], [], []
+    ps, ss, base, base_tok, ceiling, delta, margin = [], [], [], [], [], [], []
+    in_box = {"rollout": [], "copy_last": [], "tokenizer_recon": []}
     feats = {"real": [], "generated": [], "copy_last": []}
     for b in _batches(ds, batch, device, state):
         video = b["video"]
@@ -312,17 +346,24 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
         base_tok.append(psnr(decode_tokens(wm.tokenizer, prompt.expand(-1, horizon + 1, -1, -1))[:, 1:], target).cpu())
         w = wm.tokenizer.config.num_frames  # encoded in consecutive windows, as `genie tokenize` does
         true_tokens = torch.cat([wm.tokenizer.encode(video[:, i:i + w]) for i in range(0, horizon + 1, w)], 1)
-        ceiling.append(psnr(decode_tokens(wm.tokenizer, true_tokens)[:, 1:], target).cpu())
+        recon = decode_tokens(wm.tokenizer, true_tokens)[:, 1:]
+        ceiling.append(psnr(recon, target).cpu())
+        if box is not None:
+            for k, x in (("rollout", gen), ("copy_last", video[:, :1].expand_as(target)), ("tokenizer_recon", recon)):
+                in_box[k].append(psnr(_box(x, box), _box(target, box)).cpu())
         rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
         gen_r = rollout(prompt, rand, g)[:, -1]
         delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())
+        if b["index"] * batch < margin_clips:
+            margin.append(action_margin(wm, true_tokens[:, :horizon + 1], acts, target, steps, temperature, g).cpu())
         if i3d is not None:
             feats["real"].append(i3d_features(i3d, video))
             feats["generated"].append(i3d_features(i3d, torch.cat([video[:, :1], gen], 1)))
             feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
         if progress:
             progress(n)
-    ps, ss, base, base_tok, ceiling, delta = _gather(state, ps, ss, base, base_tok, ceiling, delta)
+    ps, ss, base, base_tok, ceiling, delta, margin = _gather(state, ps, ss, base, base_tok, ceiling, delta, margin)
+    in_box = dict(zip(in_box, _gather(state, *in_box.values())))
     if i3d is not None:
         feats = dict(zip(feats, _gather(state, *feats.values())))
     ps, ss, base, base_tok, ceiling = (torch.cat(x) for x in (ps, ss, base, base_tok, ceiling))
@@ -344,6 +385,23 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
             "tokenizer_recon_psnr_db": [float(x) for x in ceiling.mean(0)],
             "tokenizer_recon_mean_psnr_db": float(ceiling.mean()),
             f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
+    if box is not None:
+        top, left, bottom, right = box
+        per_step = {k: torch.cat(v) for k, v in in_box.items()}  # (clips, horizon) each
+        res["agent_box"] = {"top": top, "left": left, "bottom": bottom, "right": right}
+        for k, v in per_step.items():
+            res[f"agent_box_{k}_psnr_db"] = [float(x) for x in v.mean(0)]
+            res[f"agent_box_{k}_mean_psnr_db"] = float(v.mean())
+        # the headline: the rollout's agent box against copy-last's, per clip at the last step, with an interval
+        res["agent_box_last_step_minus_copy_last_db"] = mean_ci95(
+            (per_step["rollout"][:, -1] - per_step["copy_last"][:, -1]).numpy())
+    else:
+        res["agent_box"] = "not computed: the dataset card names no agent_box"
+    if margin:
+        m = torch.cat(margin)  # (clips, horizon)
+        res["action_margin_db"] = [float(x) for x in m.mean(0)]
+        res["action_margin_mean_db"] = mean_ci95(m.mean(1).numpy())
+        res["action_margin_clips"] = int(m.shape[0])
     if fvd is not None:
         res["fvd"] = fvd
     return res
@@ -481,6 +539,16 @@ def markdown_table(res: dict) -> str:
                 f"rollout minus it {d['mean']:+.2f} dB, 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
             rows.append("| world model | tokenizer reconstruction of the true frames (a perfect dynamics model) | " + ", ".join(
                 f"{x:.2f}" for x in w["tokenizer_recon_psnr_db"]) + f"; mean {w['tokenizer_recon_mean_psnr_db']:.2f} dB |")
+        if "agent_box_rollout_psnr_db" in w:
+            for k, label in (("rollout", "rollout"), ("copy_last", "copy-last-frame"),
+                             ("tokenizer_recon", "tokenizer reconstruction")):
+                rows.append(f"| world model | agent-box PSNR, {label} | " + ", ".join(
+                    f"{x:.2f}" for x in w[f"agent_box_{k}_psnr_db"]) + f"; mean {w[f'agent_box_{k}_mean_psnr_db']:.2f} dB |")
+        if "action_margin_db" in w:
+            d = w["action_margin_mean_db"]
+            rows.append("| world model | action margin: inferred minus best other action, one step from true context | "
+                        + ", ".join(f"{x:+.2f}" for x in w["action_margin_db"]) + f"; mean {d['mean']:+.2f} dB, 95% CI "
+                        f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']}) |")
         key = next(k for k in w if k.startswith("delta_t_psnr"))
         d = w[key]
         rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")

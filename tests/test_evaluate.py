@@ -231,3 +231,32 @@ def test_token_space_references_bound_a_copy_only_dynamics_model(tmp_path, token
     assert len(res["tokenizer_recon_psnr_db"]) == 3
     # the copy reference is not the reconstruction: the clips move
     assert res["copy_last_tokens_mean_psnr_db"] != res["tokenizer_recon_mean_psnr_db"]
+
+
+def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
+    """With an agent_box in the card, the agent-box PSNRs are the whole-frame computation on the crop; the action
+    margin exists per step, and is exactly 0 for a dynamics model whose frames do not depend on the action."""
+    from genie.evaluate import action_margin
+    from genie.world_model import WorldModel
+
+    data = tmp_path / "d"
+    card = {"merged_action": [0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4],
+            "agent_box": {"top": 16, "left": 16, "bottom": 48, "right": 48}}
+    with DatasetWriter(data, chunk_len=8, card=card) as w:
+        for e in range(2):
+            w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
+        w.close()
+    res = evaluate(world / "world", data, split="test", num_clips=4, seed=1, steps=2, horizon=3, progress=False)
+    wm = res["world_model"]
+    assert wm["agent_box"] == {"top": 16, "left": 16, "bottom": 48, "right": 48}
+    assert len(wm["agent_box_rollout_psnr_db"]) == 3 and len(wm["action_margin_db"]) == 3
+    assert wm["action_margin_clips"] == 4
+    assert wm["agent_box_copy_last_psnr_db"] != wm["copy_last_frame_psnr_db"]  # the crop, not the frame
+    model = WorldModel.from_pretrained(world / "world")
+    with torch.no_grad():
+        model.dynamics.action_embed.weight.zero_()  # every action now gives the same logits
+    video = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    tokens = model.tokenizer.encode(video)
+    acts = torch.tensor([[0, 3, 5], [7, 1, 2]])
+    m = action_margin(model, tokens, acts, video[:, 1:], steps=2, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    assert m.shape == (2, 3) and m.abs().max() < 0.05  # 0 up to float rounding between batch rows
