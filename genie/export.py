@@ -97,8 +97,10 @@ def save_export(model: nn.Module, out: str | os.PathLike, stage: str, extra: dic
 
 
 def export_module(module, out: str | os.PathLike) -> Path:
-    """Export a stage's LightningModule (`genie.core.training.GenieModule`): its model, stage and global step."""
-    return save_export(module.model, out, module.stage,
+    """Export a stage's LightningModule (`genie.core.training.GenieModule`): its model, stage and global step.
+    A model that trains in a wider form than it plays (the LAM's `train_codes`) exports its `reduced()` form."""
+    model = module.model.reduced() if hasattr(module.model, "reduced") else module.model
+    return save_export(model, out, module.stage,
                        extra={"global_step": int(module.global_step), "stage": module.stage})
 
 

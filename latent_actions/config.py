@@ -59,6 +59,7 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     decoder_mask_ratio: float = 0.25
     decoder_motion: bool = False
     encoder_causal: bool = True
+    train_codes: int = 0
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
@@ -72,6 +73,9 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_unit_interval(self, "decoder_mask_ratio")
+        if not isinstance(self.train_codes, int) or not (self.train_codes == 0 or self.train_codes > self.num_actions):
+            raise ValueError(f"train_codes must be 0 (off) or more than num_actions ({self.num_actions}), "
+                             f"got {self.train_codes!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -71,7 +71,7 @@ class LatentActionModel(nn.Module):
         self.quantizer = build_quantizer(
             "vq",
             d,
-            codebook_size=config.num_actions,
+            codebook_size=config.train_codes or config.num_actions,
             code_dim=config.code_dim,
             commitment_weight=config.commitment_weight,
             decay=config.vq_decay,
@@ -117,8 +117,8 @@ class LatentActionModel(nn.Module):
 
     @property
     def num_actions(self) -> int:
-        """Size a of the latent-action vocabulary."""
-        return self.config.num_actions
+        """Size a of the latent-action vocabulary (while training with `train_codes`, that wider codebook's)."""
+        return self.config.train_codes or self.config.num_actions
 
     @property
     def codebook(self) -> Tensor:
@@ -241,6 +241,30 @@ class LatentActionModel(nn.Module):
         self._check_video(video, 2, self.config.num_frames, "video")
         return self._encode_latents(video)
 
+    @torch.no_grad()
+    def reduced(self) -> LatentActionModel:
+        """The playable model of a LAM trained with `train_codes` K > num_actions: the K codes, weighted by their
+        use (the VQ's EMA counts), clustered into num_actions groups by spherical k-means; each group's unit-norm
+        weighted mean becomes one playable code. Every other weight is shared. A model without train_codes is
+        returned as it is."""
+        cfg = self.config
+        if not cfg.train_codes:
+            return self
+        inner = self.quantizer.vq._codebook
+        codes = self.codebook.float()  # (K, e) unit-norm
+        use = inner.cluster_size[0].float().clamp_min(1e-6)  # (K,) EMA counts
+        centroids, assign = spherical_kmeans(codes, use, cfg.num_actions)
+        out = LatentActionModel(LatentActionConfig.from_dict({**cfg.to_dict(), "train_codes": 0}))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("quantizer.vq.")}
+        out.load_state_dict(state, strict=False)
+        target = out.quantizer.vq._codebook
+        sizes = torch.zeros(cfg.num_actions).index_add_(0, assign, use)
+        target.embed.data.copy_(centroids[None])
+        target.cluster_size.data.copy_(sizes[None])
+        target.embed_avg.data.copy_((centroids * sizes[:, None])[None])
+        target.initted.data.fill_(True)
+        return out.train(self.training)
+
     def embed_actions(self, actions: Tensor) -> Tensor:
         """action ids (...) -> their decoder embeddings (..., d) fp32 (codebook projected to d)."""
         return self.quantizer.indices_to_codes(actions)
@@ -261,3 +285,25 @@ class LatentActionModel(nn.Module):
         self._check_video(context, 1, self.config.context_frames, "context")
         self._check_actions(actions, context)
         return self._decode(context, self.embed_actions(actions))
+
+
+def spherical_kmeans(x: Tensor, weight: Tensor, k: int, iters: int = 50) -> tuple[Tensor, Tensor]:
+    """Weighted k-means of unit vectors x (K, e) under cosine similarity -> (centroids (k, e) unit-norm, (K,)
+    group of each vector). Deterministic: starts from the most used vector, then repeatedly the vector least
+    similar to every chosen one (farthest-point), so the groups start spread out."""
+    chosen = [int(weight.argmax())]
+    while len(chosen) < k:
+        sim = (x @ x[chosen].T).max(dim=1).values
+        sim[chosen] = float("inf")
+        chosen.append(int(sim.argmin()))
+    centroids = x[chosen].clone()
+    for _ in range(iters):
+        assign = (x @ centroids.T).argmax(dim=1)
+        new = torch.zeros_like(centroids).index_add_(0, assign, x * weight[:, None])
+        empty = new.norm(dim=1) < 1e-12
+        new[empty] = centroids[empty]  # a group that lost every member keeps its centre
+        new = torch.nn.functional.normalize(new, dim=1)
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return centroids, (x @ centroids.T).argmax(dim=1)

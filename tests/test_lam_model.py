@@ -350,3 +350,42 @@ def test_forward_returns_the_latents_the_codes_were_rounded_from():
         out = model(video)
         torch.testing.assert_close(out.latents, model.encode_latents(video))
         assert torch.equal(model.quantizer(out.latents).indices, out.actions)
+
+
+def test_spherical_kmeans_finds_known_groups():
+    from latent_actions.model import spherical_kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.eye(3, 8), dim=1)
+    x = torch.nn.functional.normalize(centres.repeat_interleave(5, 0) + 0.05 * torch.randn(15, 8, generator=g), dim=1)
+    weight = torch.rand(15, generator=g) + 0.1
+    cent, assign = spherical_kmeans(x, weight, 3)
+    assert len(set(assign.tolist())) == 3
+    for grp in range(3):  # each true group lands whole in one cluster
+        assert len(set(assign[grp * 5:(grp + 1) * 5].tolist())) == 1
+    torch.testing.assert_close(cent.norm(dim=1), torch.ones(3))
+
+
+def test_train_codes_trains_wide_and_exports_the_playable_vocabulary(tmp_path):
+    from genie.export import load_export, save_export
+
+    model = make_lam(train_codes=16)
+    assert model.num_actions == 16 and model.codebook.shape[0] == 16
+    video = random_video(4, 4)
+    for _ in range(3):
+        model(video)  # k-means init and EMA updates
+    small = model.reduced()
+    assert small.config.num_actions == 8 and small.config.train_codes == 0 and small.codebook.shape[0] == 8
+    torch.testing.assert_close(small.codebook.norm(dim=1), torch.ones(8))
+    small.eval()
+    with torch.no_grad():
+        ids = small.infer_actions(video)
+        assert ids.max() < 8
+        pred = small.decode_with_actions(video[:, :-1], ids)
+        torch.testing.assert_close(small(video).pred, pred)
+    save_export(small, tmp_path / "lam", "lam")
+    loaded = load_export(tmp_path / "lam", "lam")
+    with torch.no_grad():
+        assert torch.equal(loaded.infer_actions(video), ids)
+    with pytest.raises(ValueError, match="train_codes"):
+        make_lam(train_codes=4)  # not wider than num_actions 8
