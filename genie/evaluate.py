@@ -180,7 +180,7 @@ def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, b
 
 
 def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: torch.device | str = "cpu",
-                  settings=None):
+                  settings=None, progress: bool = False):
     """(probe or None, info) for evaluate_lam: the supervised inverse-dynamics ceiling trained on the labelled
     train split of `probe_data` (default `data`); None when `data` has no true actions to score against."""
     card = read_card(data)
@@ -190,7 +190,7 @@ def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: 
     why = check_same_classes(probe_data, card)
     if why:
         return None, {"reason": why}
-    return probe_for(probe_data, settings, seed=seed, device=device, cache_dir=cache_dir)
+    return probe_for(probe_data, settings, seed=seed, device=device, cache_dir=cache_dir, progress=progress)
 
 
 @torch.no_grad()
@@ -445,17 +445,18 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     stages = {s: to_device(m, dev, f"{p} ({s})") for s, m in stages.items()}
     if i3d_net is not None:
         i3d_net = to_device(i3d_net, dev, str(i3d))
-    bar = None
-    if progress and (state is None or state.is_main_process):
-        bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True)
+    show = progress and (state is None or state.is_main_process)
+    probe = None
+    if "lam" in stages:  # first, with its own progress: minutes the first time for a dataset, then cached
+        with state.main_process_first() if state is not None else nullcontext():  # one process trains the probe
+            probe = ceiling_probe(data, probe_data, probe_cache, seed, dev, progress=show)
+    bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True) if show else None
     tick = bar.update if bar is not None else None
     out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed,
            "device": str(dev), "processes": state.num_processes if state is not None else 1, "stages": sorted(stages)}
     if "tokenizer" in stages:
         out["tokenizer"] = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick, state=state)
     if "lam" in stages:
-        with state.main_process_first() if state is not None else nullcontext():  # one process trains the probe
-            probe = ceiling_probe(data, probe_data, probe_cache, seed, dev)
         few = few_label_transitions(stages["lam"], data, probe_data, seed) if read_card(data).get("has_actions") else None
         out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state,
                                   few_labels=few)

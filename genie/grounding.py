@@ -330,9 +330,7 @@ def ground(model_dir: str | Path, data: str | Path, labels: int = 200, split: st
                                   "train split")
         probe, probe_info = (None, None)
         if ceiling:
-            bar.set_description("training the ceiling probe (once per dataset, cached)")
-            probe, probe_info = probe_for(data, seed=seed, device=dev, cache_dir=probe_cache)
-            bar.set_description("grounding")
+            probe, probe_info = probe_for(data, seed=seed, device=dev, cache_dir=probe_cache, progress=progress)
         ds_clips = min(held_out_clips, len(ClipDataset(data, split, clip_len=lam.config.num_frames)))
         held = collect_transitions(lam, data, split, ds_clips * (lam.config.num_frames - 1), seed,
                                    progress=bar.update, probe=probe)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import read_card
@@ -113,7 +115,7 @@ def _lr(settings: ProbeSettings, step: int, seconds: float) -> float:
 
 
 def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
-                device: torch.device | str = "cpu") -> tuple[InverseDynamicsProbe, dict]:
+                device: torch.device | str = "cpu", progress: bool = False) -> tuple[InverseDynamicsProbe, dict]:
     """Train a probe on the labelled transitions of `data`'s train split (merged actions if the card has a table).
 
     Deterministic in `seed` on a given device while the step budget, not the time cap, paces the schedule
@@ -127,6 +129,10 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
     rng = np.random.default_rng(seed)
     t0, step, loss = time.perf_counter(), 0, float("nan")
     model.train()
+    # minutes the first time for a dataset: say so, with a bar (or a line every 10% when stderr is not a terminal)
+    bar = tqdm(total=settings.max_steps, unit="step", desc=f"training the ceiling probe on {data} (once, then cached)",
+               dynamic_ncols=True, disable=not progress, mininterval=1.0,
+               miniters=None if sys.stderr.isatty() else max(1, settings.max_steps // 10))
     with torch.enable_grad():  # callers evaluate under no_grad
         while step < settings.max_steps and time.perf_counter() - t0 < settings.max_seconds:
             items = [ds[int(i)] for i in rng.integers(0, len(ds), settings.batch_size)]
@@ -142,6 +148,8 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
                 group["lr"] = _lr(settings, step, time.perf_counter() - t0)
             opt.step()
             step, loss = step + 1, float(ce.detach())
+            bar.update(1)
+    bar.close()
     model.eval()
     info = {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "final_loss": loss,
             "train_transitions": len(ds), "num_classes": num_classes}
@@ -149,7 +157,7 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
 
 
 def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, seed: int = 0,
-              device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None
+              device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None, progress: bool = False
               ) -> tuple[InverseDynamicsProbe | None, dict]:
     """The probe for `data` (its train split), from the cache when the key matches, else trained and cached.
 
@@ -177,7 +185,7 @@ def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, se
                 return model.to(device).eval(), {**info, "cached": True, "cache_file": str(weights)}
         except (OSError, ValueError, KeyError, RuntimeError):
             pass  # unreadable or stale entry: retrain and overwrite it
-    model, info = train_probe(data, settings, seed, device)
+    model, info = train_probe(data, settings, seed, device, progress=progress)
     info = {**info, "data": str(data), "seed": seed, "settings": dataclasses.asdict(settings)}
     try:
         cache.mkdir(parents=True, exist_ok=True)
