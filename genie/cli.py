@@ -109,31 +109,45 @@ def _parse_actions(text: str) -> list[int]:
     return [int(x) for x in items]
 
 
+def _parse_real_actions(text: str) -> list[str]:
+    items = [x.strip() for x in text.split(",")]
+    if not all(items):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise GenieInputError(f"--real-actions {shown!r}: expected comma-separated real action names, e.g. RIGHT,RIGHT,UP")
+    return items
+
+
 def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
     from data_pipelines.clips import frames_to_video, video_to_frames
     from genie.core.device import resolve_device, to_device
+    from genie.grounding import load_action_map
+    from genie.sampling import SamplingSettings
     from genie.video_io import check_output_path, read_prompt, write_clip
     from genie.world_model import WorldModel
 
     out = check_output_path(a.out)
-    actions = _parse_actions(a.actions)
-    if a.steps < 1 or a.temperature < 0:
-        raise GenieInputError("--steps must be >= 1 and --temperature >= 0")
+    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop)
+    names = _parse_real_actions(a.real_actions) if a.real_actions is not None else None
+    actions = _parse_actions(a.actions) if names is None else None
     dev = resolve_device(a.device)
     wm = to_device(WorldModel.from_pretrained(a.model), dev, a.model)
-    bad = [x for x in actions if not 0 <= x < wm.num_actions]
-    if bad:
-        raise GenieInputError(f"--actions: id {bad[0]} is outside the latent action vocabulary 0..{wm.num_actions - 1}")
+    if names is not None:  # real action names → the latent the LAM's action map gives most often for each
+        amap = load_action_map(a.model, lam=wm.lam, required=True)
+        try:
+            actions = [amap.latent_for(n) for n in names]
+        except GenieInputError as e:
+            raise GenieInputError(f"--real-actions: {e}") from None
+    wm.check_actions(actions)
     frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.context_frames)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    video = wm.generate(frames_to_video(frames)[None], actions, steps=a.steps, temperature=a.temperature, seed=a.seed,
-                        context=a.context, window_hop=a.window_hop)
+    video = wm.generate(frames_to_video(frames)[None], actions, seed=a.seed, settings=settings)
     clip = video_to_frames(video[0, -(len(actions) + 1):])  # the last prompt frame, then one frame per action
     write_clip(out, clip, fps=a.fps, scale=a.scale)
     print(f"wrote {out}: {len(clip)} frames (prompt + {len(actions)} generated), {clip.shape[2]}×{clip.shape[1]}"
-          + (f" shown at ×{a.scale}" if a.scale > 1 else ""))
+          + (f" shown at ×{a.scale}" if a.scale > 1 else "")
+          + (f"; latent actions {','.join(map(str, actions))}" if names is not None else ""))
 
 
 def _cmd_assemble(a: argparse.Namespace) -> None:
@@ -198,9 +212,11 @@ def _cmd_quickstart(a: argparse.Namespace) -> None:
 
 def _cmd_play(a: argparse.Namespace) -> None:
     from genie.play import serve
+    from genie.sampling import SamplingSettings
 
-    serve(a.model, host=a.host, port=a.port, device=a.device, steps=a.steps, temperature=a.temperature,
-          context=a.context, window_hop=a.window_hop, data=a.data, split=a.split, keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
+    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop)
+    serve(a.model, settings=settings, host=a.host, port=a.port, device=a.device, data=a.data, split=a.split,
+          keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
 
 
 # Options several commands share, declared once; a command may give its own default, choices or help.
@@ -305,7 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a clip from a prompt frame and latent actions")
     g.add_argument("--model", required=True, help="world-model folder (genie assemble)")
     g.add_argument("--prompt", required=True, help="prompt image (png/jpg) or video (mp4/...)")
-    g.add_argument("--actions", required=True, help="latent action ids, one per generated frame, e.g. 0,3,3,1")
+    which = g.add_mutually_exclusive_group(required=True)
+    which.add_argument("--actions", help="latent action ids, one per generated frame, e.g. 0,3,3,1")
+    which.add_argument("--real-actions", metavar="NAMES", help="real actions, one per generated frame, e.g. "
+                       "RIGHT,RIGHT,UP: each becomes the latent the LAM's action map (genie ground) gives most often "
+                       "for it")
     g.add_argument("--out", required=True, help="output .mp4 or .gif")
     add_option(g, "--steps", help="MaskGIT steps per frame")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
@@ -410,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "(default: 4, or the context if smaller)")
     pl.add_argument("--data", default=None, metavar="DIR", help="dataset folder: a grid of held-out prompt frames")
     add_option(pl, "--split", choices=None, help="split of --data (default: test, else val, else train)")
-    pl.add_argument("--keymap", default=None, metavar="FILE", help="keymap.json from `genie probe` (default: "
-                                                                   "MODEL/keymap.json when present)")
+    pl.add_argument("--keymap", default=None, metavar="FILE", help="keymap.json from `genie probe` (default: the "
+                                                                   "LAM's action map from `genie ground`, whose keys "
+                                                                   "are real actions, else MODEL/keymap.json)")
     add_option(pl, "--seed", help="each session's sampling seed")
     pl.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before a closed tab's session is freed")
     add_device(pl)

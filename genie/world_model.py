@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from genie.core.device import generator_for
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
 from genie.export import load_export
-from genie.sampling import Rollout, decode_tokens, rollout_tokens
+from genie.sampling import Rollout, SamplingSettings, decode_tokens, rollout_tokens
 
 
 def check_compatible(tokenizer, lam, dynamics) -> None:
@@ -51,16 +52,16 @@ class GenieState:
     """Interactive state: token ids of the frames so far, the actions between them, the generator, and the
     rollout (with the dynamics model's KV cache) that `WorldModel.step` keeps between calls.
 
-    context / window_hop: as in `genie.sampling.Rollout` (None: the model's full window; 1: Genie's sliding
-    window). `genie generate --context C --window-hop K` with the same seed and settings replays a session.
+    settings: how `step` samples unless told otherwise, checked against the model (its context and window hop
+    are the rollout's; see `genie.sampling.SamplingSettings`). `genie generate --context C --window-hop K` with the
+    same seed and settings replays a session.
     Assigning `tokens` or `actions` directly is allowed: the next `step` then starts a fresh rollout from them.
     """
 
     tokens: Tensor  # (b, t, h, w)
     actions: Tensor  # (b, t-1)
     generator: torch.Generator = field(repr=False)
-    context: int | None = None
-    window_hop: int = 1
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
     rollout: Rollout | None = field(default=None, repr=False, compare=False)
     _published: tuple | None = field(default=None, repr=False, compare=False)  # (tokens, actions) the rollout set
 
@@ -148,10 +149,13 @@ class WorldModel(nn.Module):
         """(H, W) of the frames the model reads and writes."""
         return self.tokenizer.config.frame_size
 
-    def _check_actions(self, actions: Tensor) -> None:
-        if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):
-            bad = actions[(actions < 0) | (actions >= self.num_actions)][0].item()
-            raise GenieInputError(f"action id {bad} is outside the latent action vocabulary 0..{self.num_actions - 1}")
+    def check_actions(self, actions: Tensor | Sequence[int]) -> None:
+        """Latent action ids must lie in 0..num_actions-1: the one check of that range (generate, step, the
+        `genie` command, genie play), a GenieInputError naming the first id outside it."""
+        ids = actions.flatten().tolist() if isinstance(actions, Tensor) else actions
+        bad = [a for a in ids if not 0 <= a < self.num_actions]
+        if bad:
+            raise GenieInputError(f"action id {bad[0]} is outside the latent action vocabulary 0..{self.num_actions - 1}")
 
     def _prompt(self, prompt: Tensor) -> Tensor:
         if prompt.ndim == 4:
@@ -172,62 +176,60 @@ class WorldModel(nn.Module):
         return tokens, actions
 
     @torch.no_grad()
-    def generate(self, prompt_frames: Tensor, actions: Tensor | list[int], steps: int = 25, temperature: float = 1.0,
-                 seed: int | None = 0, use_cache: bool = True, unmask: str = "confidence", context: int | None = None,
-                 window_hop: int = 1) -> Tensor:
+    def generate(self, prompt_frames: Tensor, actions: Tensor | list[int], steps: int | None = None,
+                 temperature: float | None = None, seed: int | None = 0, use_cache: bool = True, unmask: str | None = None,
+                 context: int | None = None, window_hop: int | None = None, *,
+                 settings: SamplingSettings | None = None) -> Tensor:
         """Roll out one frame per action from a prompt.
 
         prompt_frames: (b, t0, c, H, W) or (b, c, H, W) in [-1, 1]. actions: (b, T) or (T,) latent action ids.
-        context, window_hop: the dynamics model's context window (see `genie.sampling.Rollout`).
+        settings: how frames are sampled (default: SamplingSettings(), Genie's 25 steps at temperature 1, the
+        sliding window); steps, temperature, unmask, context, window_hop: its fields, given separately.
         Returns video (b, t0 + T, c, H, W) in [-1, 1]: the (re-decoded) prompt, then the generated frames.
         The same seed gives the same frames, and so does `reset` + one `step` per action with the same settings.
         """
+        settings = SamplingSettings.from_args(settings, steps=steps, temperature=temperature, unmask=unmask,
+                                              context=context, window_hop=window_hop).for_dynamics(self.dynamics)
         prompt_frames = self._prompt(prompt_frames)
         b = prompt_frames.shape[0]
         actions = torch.as_tensor(actions, dtype=torch.long)
         if actions.ndim == 1:
             actions = actions[None].expand(b, -1)
-        self._check_actions(actions)
-        self._check_window(context, window_hop)
+        self.check_actions(actions)
         tokens, prompt_actions = self.encode_prompt(prompt_frames)
         g = generator_for(tokens.device, seed)
-        out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), steps=steps, temperature=temperature,
-                             generator=g, use_cache=use_cache, unmask=unmask,
-                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None,
-                             context=context, window_hop=window_hop)
+        out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), generator=g, use_cache=use_cache,
+                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None, settings=settings)
         return decode_tokens(self.tokenizer, out).clamp(-1, 1)
 
-    def _check_window(self, context: int | None, window_hop: int) -> None:
-        full = self.dynamics.config.context_frames
-        c = full if context is None else context
-        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= full:
-            raise GenieInputError(f"context {context!r}: must be 1..{full} (the dynamics model's "
-                                  f"{full + 1}-frame window less the frame being generated)")
-        if isinstance(window_hop, bool) or not isinstance(window_hop, int) or not 1 <= window_hop <= c:
-            raise GenieInputError(f"window hop {window_hop!r}: must be 1..{c} (the context)")
-
     @torch.no_grad()
-    def reset(self, prompt: Tensor, seed: int = 0, context: int | None = None, window_hop: int = 1) -> GenieState:
-        """Start an interactive session from a prompt (b, t0, c, H, W) or (b, c, H, W)."""
-        self._check_window(context, window_hop)
+    def reset(self, prompt: Tensor, seed: int = 0, context: int | None = None, window_hop: int | None = None, *,
+              settings: SamplingSettings | None = None) -> GenieState:
+        """Start an interactive session from a prompt (b, t0, c, H, W) or (b, c, H, W).
+
+        settings: how `step` samples unless told otherwise (default: SamplingSettings()); context, window_hop: its
+        fields, given separately. They are checked against the model here, before anything is encoded."""
+        settings = SamplingSettings.from_args(settings, context=context, window_hop=window_hop).for_dynamics(self.dynamics)
         tokens, actions = self.encode_prompt(prompt)
-        return GenieState(tokens=tokens, actions=actions, generator=generator_for(tokens.device, seed),
-                          context=context, window_hop=window_hop)
+        return GenieState(tokens=tokens, actions=actions, generator=generator_for(tokens.device, seed), settings=settings)
 
     @torch.no_grad()
-    def step(self, state: GenieState, action: int | Tensor, steps: int = 25, temperature: float = 1.0) -> Tensor:
+    def step(self, state: GenieState, action: int | Tensor, steps: int | None = None, temperature: float | None = None,
+             *, settings: SamplingSettings | None = None) -> Tensor:
         """Apply one latent action: returns the new frame (b, c, H, W) and extends `state` in place.
 
+        settings: this step's (default: the state's; its context and window hop must be the state's); steps,
+        temperature: its fields, given separately.
         The dynamics model's cache lives in `state` between calls, so a step costs the MaskGIT loop on one
         frame plus one frame of cache update, except when the context window moves (every frame with
         window_hop 1 once the context is full, every window_hop frames otherwise)."""
         b = state.tokens.shape[0]
         a = torch.as_tensor(action, dtype=torch.long, device=state.tokens.device).reshape(-1).expand(b)
-        self._check_actions(a)
+        self.check_actions(a)
         if not state.synced():  # a new state, or tokens/actions assigned from outside: start from them
-            self._check_window(state.context, state.window_hop)
             state.rollout = Rollout(self.dynamics, state.tokens, state.actions if state.tokens.shape[1] > 1 else None,
-                                    context=state.context, window_hop=state.window_hop)
-        state.rollout.step(a, steps=steps, temperature=temperature, generator=state.generator)
+                                    settings=state.settings)
+        state.rollout.step(a, generator=state.generator,
+                           settings=(settings or state.settings).override(steps=steps, temperature=temperature))
         state.publish()
         return decode_tokens(self.tokenizer, state.tokens[:, -self.tokenizer.config.num_frames:])[:, -1].clamp(-1, 1)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, coded_episode, run_genie, stderr_line
-from tests.test_world_model import world  # noqa: F401  (the debug-preset world model, module-scoped)
+from tests.test_world_model import save_tiny_map, world  # noqa: F401  (the debug-preset world model, module-scoped)
 
 MISSING = [m for m in ("starlette", "uvicorn", "websockets") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"genie play's packages are not installed ({', '.join(MISSING)}): "
@@ -46,13 +47,12 @@ def play_data(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(world, play_data):  # noqa: F811
-    """The play server as `genie play` runs it (uvicorn in one thread, the model's ModelRunner in another),
-    on a free port of 127.0.0.1."""
-    from genie.play import LOOPBACK_NAMES, ModelRunner, bind, create_app, load_player, uvicorn_server
+@contextmanager
+def serving(player):
+    """`player` served as `genie play` serves it (uvicorn in one thread, the model's ModelRunner in another), on a
+    free port of 127.0.0.1."""
+    from genie.play import LOOPBACK_NAMES, ModelRunner, bind, create_app, uvicorn_server
 
-    player = load_player(world / "world", device="cpu", steps=STEPS, data=play_data, warmup=False)
     sock = bind("127.0.0.1", 0)
     runner, stop = ModelRunner(), threading.Event()
     srv = uvicorn_server(create_app(player, allowed_hosts=LOOPBACK_NAMES, runner=runner))
@@ -65,11 +65,21 @@ def server(world, play_data):  # noqa: F811
         time.sleep(0.02)
     assert srv.started, "the play server did not start"
     port = sock.getsockname()[1]
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, player=player)
-    srv.should_exit = True
-    stop.set()
-    thread.join(10)
-    model_thread.join(10)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, player=player)
+    finally:
+        srv.should_exit = True
+        stop.set()
+        thread.join(10)
+        model_thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(world, play_data):  # noqa: F811
+    from genie.play import load_player
+
+    with serving(load_player(world / "world", device="cpu", steps=STEPS, data=play_data, warmup=False)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +337,7 @@ def test_malformed_websocket_messages_get_4xx_and_the_connection_lives(context, 
     statuses = [m.get("status") for m in out]
     assert statuses == [400, 400, 400, 409, 400, 400, 400, 400, 413, 400, None, 400, 400, 400, 409, None]
     assert out[10]["type"] == "frame" and out[15]["type"] == "frame" and out[15]["bytes"] > 64 * 64 * 3
-    assert "unknown action 99" in out[11]["error"] and out[11]["seq"] == 7
+    assert "action id 99 is outside the latent action vocabulary 0..7" in out[11]["error"] and out[11]["seq"] == 7
     assert "not JSON" in out[0]["error"] and "unknown message type" in out[2]["error"]
     assert replies["msg"]["status"] == 404 and replies["code"] == 4404
     assert page.evaluate("fetch('/api/info').then((r) => r.status)") == 200
@@ -403,8 +413,49 @@ def test_keymap_names_the_buttons_and_arrows(world, tmp_path):  # noqa: F811
     info = load_player(model, device="cpu", warmup=False).info()
     assert [c["label"] for c in info["controls"]][:3] == ["NOOP", "LEFT+UP", "RIGHT"] and info["keymap"]
     (model / "keymap.json").write_text(json.dumps({"9": "LEFT"}))
-    with pytest.raises(GenieInputError, match="outside the model's vocabulary"):
+    with pytest.raises(GenieInputError, match="keymap.json: action id 9 is outside the latent action vocabulary"):
         load_player(model, device="cpu", warmup=False)
+
+
+def test_action_map_keys_are_real_actions_and_name_the_buttons(context, world, play_data, tmp_path):  # noqa: F811
+    """With the LAM's action map (genie ground) arrows/WASD, Space and Q E Z C are real actions, each driving the
+    latent the map gives most often for it; the buttons say so. The map wins over MODEL/keymap.json, --keymap over
+    the map, and a map fitted for another LAM is refused before serving."""
+    from genie.core.errors import GenieInputError
+    from genie.play import load_player
+
+    model = tmp_path / "model"
+    shutil.copytree(world / "world", model)
+    (model / "keymap.json").write_text(json.dumps({"1": "RIGHT"}))
+    save_tiny_map(model, {"LEFT": 5, "RIGHT": 2, "UP": 7, "DOWN": 4, "NOOP": 0, "LEFT+UP": 6, "RIGHT+DOWN": None})
+    with serving(load_player(model, device="cpu", steps=2, data=play_data, warmup=False)) as srv:
+        page = open_page(context, srv)
+        labels = page.locator("button.action span").all_inner_texts()
+        assert labels == ["LEFT", "RIGHT", "UP", "DOWN", "NOOP", "LEFT+UP"] + [f"latent {a}" for a in range(8)]
+        assert "(action map)" in page.inner_text("#model-info") and "real directions" in page.inner_text("#keys-hint")
+        pick_prompt(page, 0)
+        for k in ("ArrowRight", "a", "w", "Space", "q", "s", "3"):
+            press(page, k)
+        assert session_of(page, srv).actions == [2, 5, 7, 0, 6, 4, 2]
+    info = load_player(model, device="cpu", keymap=model / "keymap.json", warmup=False).info()
+    assert info["keymap"] and not info["action_map"] and info["controls"][1]["label"] == "RIGHT"
+    (model / "lam" / "action_map.json").unlink()  # no map: keymap.json as before
+    info = load_player(model, device="cpu", warmup=False).info()
+    assert info["keymap"] and not info["action_map"] and len(info["controls"]) == 8
+    save_tiny_map(model, {"LEFT": 1})
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    import torch
+
+    from genie.export import save_export
+    from latent_actions.config import LatentActionConfig
+    from latent_actions.model import LatentActionModel
+
+    torch.manual_seed(5)
+    save_export(LatentActionModel(LatentActionConfig.preset("debug")).eval(), tmp_path / "lam2", "lam")
+    shutil.copy(tmp_path / "lam2" / "model.safetensors", other / "lam" / "model.safetensors")
+    with pytest.raises(GenieInputError, match="fitted for another LAM"):
+        load_player(other, device="cpu", warmup=False)
 
 
 def test_model_that_fails_to_load_exits_2_before_serving(world, tmp_path):  # noqa: F811

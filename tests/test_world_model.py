@@ -182,7 +182,7 @@ def test_window_hop_rebuilds_the_cache_less_often_and_matches_the_uncached_sampl
         assert torch.equal(outs[0], outs[1]), hop
     # 9 new frames, window 4: hop 1 rebuilds for every frame once the context is full; hop k once every k frames
     assert rebuilds[1] == 7 and rebuilds[2] == 4 and rebuilds[3] == 3, rebuilds
-    with pytest.raises(ValueError, match="window_hop"):
+    with pytest.raises(GenieInputError, match=r"window hop 4: must be 1\.\.3 \(the context\)"):
         rollout_tokens(dyn, prompt, actions, steps=2, window_hop=4)
 
 
@@ -261,3 +261,100 @@ def test_prev_token_model_samples_the_same_with_and_without_the_cache(hop, copy_
     for i in range(actions.shape[1]):
         roll.step(actions[:, i], steps=3, generator=g)
     assert torch.equal(roll.tokens, outs[0])
+
+
+# -- real actions through the LAM's action map (genie ground) -------------------------------------------
+
+def save_tiny_map(model_dir, latent_of: dict[str, int | None]):
+    """Write an action map for the LAM of `model_dir` in which each real action was labelled only beside the
+    latent `latent_of[name]` (None: never labelled), so `class_to_code()` is `latent_of`."""
+    from genie.export import load_export
+    from genie.grounding import Transitions, fit_action_map, lam_fingerprint, save_action_map
+
+    lam = load_export(model_dir / "lam", "lam")
+    seen = [(k, code) for k, code in enumerate(latent_of.values()) if code is not None] * 3
+    labels, codes = np.array([k for k, _ in seen]), np.array([c for _, c in seen])
+    latents = np.random.default_rng(0).normal(size=(len(seen), 4)).astype(np.float32)
+    amap = fit_action_map(Transitions(latents, codes, labels), list(latent_of), lam.num_actions, len(seen),
+                          lam_fingerprint(lam), {"test": "tiny"})
+    save_action_map(amap, model_dir)
+    return amap
+
+
+def genie_in_process(capsys, *args) -> tuple[int, str, str]:
+    """`genie ARGS` in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from genie.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(code: int, err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("genie: error")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mapped(world, tmp_path_factory):
+    """A copy of the debug world model with an action map: LEFT → latent 5, RIGHT → 2, UP → 7, NOOP → 0,
+    LEFT+UP never labelled."""
+    import shutil
+
+    model = tmp_path_factory.mktemp("mapped") / "world"
+    shutil.copytree(world / "world", model)
+    save_tiny_map(model, {"LEFT": 5, "RIGHT": 2, "UP": 7, "NOOP": 0, "LEFT+UP": None})
+    return model
+
+
+def test_generate_real_actions_go_through_the_action_map(mapped, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "p.png")
+    common = ("--model", mapped, "--prompt", tmp_path / "p.png", "--steps", "2", "--device", "cpu", "--seed", "1")
+    code, out, err = genie_in_process(capsys, "generate", *common, "--real-actions", "RIGHT, right,UP,LEFT,NOOP",
+                                      "--out", tmp_path / "real.gif")
+    assert code == 0, err
+    assert "latent actions 2,2,7,5,0" in out
+    code, _, err = genie_in_process(capsys, "generate", *common, "--actions", "2,2,7,5,0", "--out", tmp_path / "ids.gif")
+    assert code == 0, err
+    assert (tmp_path / "real.gif").read_bytes() == (tmp_path / "ids.gif").read_bytes()  # the same frames
+
+
+def test_generate_real_actions_bad_input_is_one_line(world, mapped, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from genie.grounding import load_action_map
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "p.png")
+
+    def error(model, names, *extra) -> str:
+        code, _, err = genie_in_process(capsys, "generate", "--model", model, "--prompt", tmp_path / "p.png",
+                                        "--real-actions", names, "--out", tmp_path / "o.gif", "--steps", "2", *extra)
+        assert not (tmp_path / "o.gif").exists()
+        return one_error_line(code, err)
+
+    assert "--real-actions: unknown real action 'JUMP'; the map knows LEFT, RIGHT, UP, NOOP, LEFT+UP" in error(mapped, "RIGHT,JUMP")
+    assert "real action LEFT+UP was never seen" in error(mapped, "left+up")
+    assert "expected comma-separated real action names" in error(mapped, "RIGHT,,UP")
+    assert "no action_map.json; fit one with genie ground" in error(world / "world", "RIGHT")
+    other = tmp_path / "other"  # the same folder and map with another LAM's weights: the map is refused
+    shutil.copytree(mapped, other)
+    torch.manual_seed(5)
+    save_export(LatentActionModel(LatentActionConfig.preset("debug")).eval(), tmp_path / "lam2", "lam")
+    shutil.copy(tmp_path / "lam2" / "model.safetensors", other / "lam" / "model.safetensors")
+    assert "fitted for another LAM" in error(other, "RIGHT")
+    assert load_action_map(mapped) is not None
+    with pytest.raises(SystemExit) as e:  # argparse: one or the other
+        from genie.cli import main
+
+        main(["generate", "--model", str(mapped), "--prompt", str(tmp_path / "p.png"), "--actions", "1",
+              "--real-actions", "RIGHT", "--out", str(tmp_path / "o.gif")])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -156,11 +156,11 @@ function buildControls() {
     b.type = "button";
     b.className = "action";
     b.dataset.action = c.action;
-    const names = c.keys.map((k) => ({ ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓" })[k] || k.toUpperCase());
+    const names = c.keys.map((k) => ({ ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "Space" })[k] || k.toUpperCase());
     b.innerHTML = `<span></span><small></small>`;
     b.querySelector("span").textContent = c.label;
     b.querySelector("small").textContent = names.join(" ");
-    b.title = `latent action ${c.action}`;
+    b.title = c.real ? `${c.real}: latent action ${c.action} (the action map)` : `latent action ${c.action}`;
     b.addEventListener("click", () => pressAction(c.action, performance.now()));
     box.appendChild(b);
     for (const k of c.keys) keyToAction.set(k, c.action);
@@ -250,7 +250,11 @@ async function start() {
   }
   const i = play.info;
   $("model-info").textContent = `${i.model} · ${i.device} · ${i.num_actions} latent actions` +
-    `${i.keymap ? " (keymap)" : ""} · context ${i.context}/${i.window} frames`;
+    `${i.action_map ? " (action map)" : i.keymap ? " (keymap)" : ""} · context ${i.context}/${i.window} frames`;
+  if (i.action_map) {
+    $("keys-hint").textContent = "Keys: arrows/WASD are the real directions (↑ jumps), Space NOOP, Q E Z C the " +
+      "diagonals; 1–9 the latent actions; U undo, R reset.";
+  }
   $("steps").value = i.steps; $("steps").max = i.max_steps;
   $("temperature").value = i.temperature; $("temperature").max = i.max_temperature;
   buildControls();
