@@ -152,23 +152,46 @@ def _share(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
+# Level types for per-type figures (issue 24: the tokenizer fails differently on dark, textured and bright levels),
+# from each clip's first frame: luminance y in [0, 1]. Thresholds read off 128 held-out CoinRun clips by eye (the
+# space levels are the dark ones; the tiled walls and painted backgrounds the textured ones).
+DARK_LUMINANCE, DARK_SHARE, TEXTURE_GRADIENT = 0.12, 0.25, 0.055
+LEVEL_TYPES = ("dark", "textured", "bright")
+
+
+def level_types(video: torch.Tensor) -> list[str]:
+    """video (b, t, c, H, W) in [-1, 1] -> each clip's level type from its first frame: "dark" when at least
+    DARK_SHARE of its pixels have luminance below DARK_LUMINANCE, else "textured" when the mean absolute difference
+    between neighbouring pixels' luminance is at least TEXTURE_GRADIENT, else "bright"."""
+    x = (video[:, 0].float().clamp(-1, 1) + 1) / 2  # (b, c, H, W)
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] if x.shape[1] == 3 else x.mean(1)  # (b, H, W)
+    dark = (y < DARK_LUMINANCE).float().mean((1, 2)) >= DARK_SHARE
+    grad = (y[:, :, 1:] - y[:, :, :-1]).abs().mean((1, 2)) + (y[:, 1:] - y[:, :-1]).abs().mean((1, 2))
+    return ["dark" if d else "textured" if g >= TEXTURE_GRADIENT else "bright" for d, g in zip(dark.tolist(), grad.tolist())]
+
+
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
                        state=None) -> dict:
     ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
-    ps, ss, ids, stab = [], [], [], []
+    ps, ss, ids, stab, kinds = [], [], [], [], []
     for b in _batches(ds, batch, _device_of(tokenizer), state):
         out = tokenizer(b["video"])
-        ps.append(psnr(out.recon, b["video"]).flatten().cpu())
+        kinds.append(level_types(b["video"]))
+        ps.append(psnr(out.recon, b["video"]).cpu())  # (b, t)
         ss.append(ssim(out.recon, b["video"]).flatten().cpu())
         ids.append(out.indices.flatten().cpu())
         stab.append(token_stability_counts(out.indices, b["video"], tokenizer.config.patch_size))
         if progress:
             progress(len(b["video"]))
-    ps, ss, ids, stab = _gather(state, ps, ss, ids, stab)
+    ps, ss, ids, stab, kinds = _gather(state, ps, ss, ids, stab, kinds)
     stab = torch.stack(stab).sum(0)
     u = codebook_usage(torch.cat(ids), tokenizer.codebook_size)
+    per_clip, kinds = torch.cat(ps).mean(1), [k for ks in kinds for k in ks]
+    by_type = {k: {"clips": sum(x == k for x in kinds),
+                   "psnr_db": float(per_clip[[x == k for x in kinds]].mean()) if k in kinds else None} for k in LEVEL_TYPES}
     return {"clips": len(ds), "clip_len": ds.clip_len, "psnr_db": float(torch.cat(ps).mean()),
+            "psnr_db_by_level_type": by_type,
             "ssim": float(torch.cat(ss).mean()), "codebook_usage": float(u.usage), "codebook_perplexity": float(u.perplexity),
             "token_stability": {
                 "identical_share": _share(int(stab[0]), int(stab[1])),
@@ -484,7 +507,14 @@ def markdown_table(res: dict) -> str:
     rows = ["| stage | metric | value |", "|---|---|---|"]
     t = res.get("tokenizer")
     if isinstance(t, dict):
-        rows += [f"| tokenizer | reconstruction PSNR | {t['psnr_db']:.2f} dB |", f"| tokenizer | SSIM | {t['ssim']:.4f} |",
+        rows += [f"| tokenizer | reconstruction PSNR | {t['psnr_db']:.2f} dB |"]
+        if "psnr_db_by_level_type" in t:
+            def db(v):
+                return "n/a" if v is None else f"{v:.2f}"
+
+            rows.append("| tokenizer | PSNR by level type (clips) | " + ", ".join(
+                f"{k} {db(v['psnr_db'])} ({v['clips']})" for k, v in t["psnr_db_by_level_type"].items()) + " |")
+        rows += [f"| tokenizer | SSIM | {t['ssim']:.4f} |",
                  f"| tokenizer | codebook usage | {t['codebook_usage']:.1%} (perplexity {t['codebook_perplexity']:.1f}) |"]
         st = t.get("token_stability")
         if st:

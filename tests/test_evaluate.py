@@ -260,3 +260,13 @@ def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
     acts = torch.tensor([[0, 3, 5], [7, 1, 2]])
     m = action_margin(model, tokens, acts, video[:, 1:], steps=2, temperature=0.0, generator=torch.Generator().manual_seed(0))
     assert m.shape == (2, 3) and m.abs().max() < 0.05  # 0 up to float rounding between batch rows
+
+
+def test_level_types_of_synthetic_frames():
+    from genie.evaluate import level_types
+
+    dark = -torch.ones(1, 2, 3, 64, 64)  # black
+    flat = torch.full((1, 2, 3, 64, 64), 0.4)  # one bright colour
+    stripes = flat.clone()
+    stripes[..., ::2] = -0.2  # a fine pattern: large neighbour differences
+    assert level_types(torch.cat([dark, flat, stripes])) == ["dark", "bright", "textured"]
