@@ -139,7 +139,10 @@ def _cmd_generate(a: argparse.Namespace) -> None:
             actions = [amap.latent_for(n) for n in names]
         except GenieInputError as e:
             raise GenieInputError(f"--real-actions: {e}") from None
-    wm.check_actions(actions)
+    try:
+        wm.check_actions(actions)
+    except GenieInputError as e:  # name the option the ids came from
+        raise GenieInputError(f"{'--real-actions' if names is not None else '--actions'}: {e}") from None
     frames = read_prompt(a.prompt, wm.image_size, wm.dynamics.config.context_frames)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     video = wm.generate(frames_to_video(frames)[None], actions, seed=a.seed, settings=settings)
