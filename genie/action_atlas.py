@@ -1,4 +1,4 @@
-"""`genie probe`: what does each latent action do?
+"""The latent-action atlas that `genie probe` writes: what does each latent action do?
 
 For several prompt frames, roll out each latent action repeated k times and write:
     grid.png           rows: prompts, columns: actions (the frame after k repeats; the prompt first)
@@ -75,10 +75,11 @@ def _load(model_dir: str | Path, dev: torch.device):
 
 
 @torch.no_grad()
-def probe(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: int = 4, repeat: int = 4,
-          split: str | None = None, steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
-          device: str | torch.device = "auto") -> dict:
-    """`split` None: test, else val, else train (said on stderr)."""
+def write_atlas(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: int = 4, repeat: int = 4,
+                split: str | None = None, steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
+                device: str | torch.device = "auto") -> dict:
+    """Write the atlas of the model in `model_dir` on `data` to the folder `out` (the files above, and probe.json
+    with what was written); returns probe.json's content. `split` None: test, else val, else train (said on stderr)."""
     dev = resolve_device(device)
     wm, lam = _load(model_dir, dev)
     split, note = pick_split(data, split)

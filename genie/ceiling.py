@@ -1,12 +1,12 @@
-"""A supervised inverse-dynamics probe: the ceiling for how well latent actions can match true ones.
+"""The supervised inverse-dynamics ceiling: how well latent actions could match true ones at best (architecture §8).
 
 The LAM learns its actions without labels; how close it gets to the controls is only meaningful next to
-what a model that *sees* the labels reaches from the same two frames. This probe is that model: a small
+what a model that *sees* the labels reaches from the same two frames. The ceiling is that model: a small
 CNN that reads frames t and t+1 and their difference and predicts the (merged) true action between them.
 It is trained on the labelled transitions of a dataset's `train` split and scored on the held-out clips
-the LAM is scored on (genie.evaluate). Evaluation only: it never touches LAM training.
+the LAM is scored on (genie.evaluate, genie.grounding). Evaluation only: it never touches LAM training.
 
-Trained probes are cached (safetensors + a JSON key naming the data, its card, the settings and the seed)
+Trained models are cached (safetensors + a JSON key naming the data, its card, the settings and the seed)
 so repeated evaluations of the same data cost nothing.
 
 Shapes: `b` batch, `t` frames, `c` channels, `H W` pixels, `k` action classes.
@@ -38,19 +38,15 @@ from genie.core.atomic import atomic_file, write_text
 from genie.core.errors import GenieInputError
 from genie.core.metrics import merge_actions, merged_action_table
 
-PROBE_VERSION = 3  # bump when the architecture or training changes: old cache entries are then ignored
+CEILING_VERSION = 3  # bump when the architecture or training changes: old cache entries are then ignored
 
 
 @dataclass
-class ProbeSettings:
-    """How the probe is trained. `max_steps` bounds it, so the probe is the same on any machine for a seed;
-    `max_seconds` is only a safety cap (the steps actually run are reported with the result).
-
-    On uniform-random CoinRun the probe learns slowly: held-out NMI 0.041 after 600 steps, 0.221 after 3,000
-    and 0.303 after 8,000 (accuracy 0.579 against the majority's 0.473), so 2,000 steps (the old default,
-    0.064 there) reported a ceiling far below the real one. 8,000 steps took 468 s on one core of the 2-core
-    reference machine (beside two training runs), once per dataset; the cache answers after that. The time cap
-    is an hour (a 300 s cap once stopped it after 132 steps on a busy machine)."""
+class CeilingSettings:
+    """How the ceiling is trained. `max_steps` bounds it, so the model is the same on any machine for a seed;
+    `max_seconds` is only a safety cap, loose enough that a busy machine still runs the steps (the steps actually
+    run are reported with the result). Fewer steps report a ceiling far below the real one on uniform-random
+    CoinRun (README, *Measured here*); the cache pays for them once per dataset."""
 
     max_steps: int = 8000
     max_seconds: float = 3600.0
@@ -60,12 +56,12 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.width < 1:
-            raise GenieInputError("probe max_steps, batch_size and width must be >= 1")
+            raise GenieInputError("ceiling max_steps, batch_size and width must be >= 1")
         if not (self.max_seconds > 0 and self.lr > 0):
-            raise GenieInputError("probe max_seconds and lr must be > 0")
+            raise GenieInputError("ceiling max_seconds and lr must be > 0")
 
 
-class InverseDynamicsProbe(nn.Module):
+class InverseDynamicsModel(nn.Module):
     """Frames x_t, x_{t+1} and x_{t+1} - x_t (3c channels) → logits over `num_classes` actions.
 
     Three stride-2 convolutions, then a 4×4 average pool that keeps coarse position (where the agent
@@ -100,23 +96,24 @@ def _card_hash(card: dict) -> str:
     return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
 
 
-def _cache_key(data: Path, card: dict, settings: ProbeSettings, seed: int) -> dict:
-    return {"probe_version": PROBE_VERSION, "data": str(data.resolve()), "card_sha256": _card_hash(card),
+def _cache_key(data: Path, card: dict, settings: CeilingSettings, seed: int) -> dict:
+    # the key and file names keep the module's old name (idm_probe), so models cached before the rename still load
+    return {"probe_version": CEILING_VERSION, "data": str(data.resolve()), "card_sha256": _card_hash(card),
             "split": "train", "settings": dataclasses.asdict(settings), "seed": seed}
 
 
-def _lr(settings: ProbeSettings, step: int, seconds: float) -> float:
+def _lr(settings: CeilingSettings, step: int, seconds: float) -> float:
     """Linear warmup over 5% then cosine decay, over whichever budget (steps or seconds) runs out first, so a
-    probe stopped by the time cap on a slow or busy machine still ends its schedule instead of mid-warmup."""
+    ceiling stopped by the time cap on a slow or busy machine still ends its schedule instead of mid-warmup."""
     progress = min(1.0, max(step / settings.max_steps, seconds / settings.max_seconds))
     if progress < 0.05:
         return settings.lr * (step + 1) / max(1.0, 0.05 * settings.max_steps)
     return settings.lr * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
 
 
-def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = False) -> tuple[InverseDynamicsProbe, dict]:
-    """Train a probe on the labelled transitions of `data`'s train split (merged actions if the card has a table).
+def train_ceiling(data: str | os.PathLike, settings: CeilingSettings, seed: int = 0,
+                  device: torch.device | str = "cpu", progress: bool = False) -> tuple[InverseDynamicsModel, dict]:
+    """Train the ceiling on the labelled transitions of `data`'s train split (merged actions if the card has a table).
 
     Deterministic in `seed` on a given device while the step budget, not the time cap, paces the schedule
     (on a slow or busy machine the cap stops it early and shortens the schedule: `info` has the steps run)."""
@@ -124,13 +121,13 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
     merge = merged_action_table(ds.card)
     num_classes = int(merge.max()) + 1 if merge is not None else int(ds.card["num_actions"])
     torch.manual_seed(seed)
-    model = InverseDynamicsProbe(ds.frame_shape[2], num_classes, settings.width).to(device)
+    model = InverseDynamicsModel(ds.frame_shape[2], num_classes, settings.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     t0, step, loss = time.perf_counter(), 0, float("nan")
     model.train()
     # minutes the first time for a dataset: say so, with a bar (or a line every 10% when stderr is not a terminal)
-    bar = tqdm(total=settings.max_steps, unit="step", desc=f"training the ceiling probe on {data} (once, then cached)",
+    bar = tqdm(total=settings.max_steps, unit="step", desc=f"training the supervised ceiling on {data} (once, then cached)",
                dynamic_ncols=True, disable=not progress, mininterval=1.0,
                miniters=None if sys.stderr.isatty() else max(1, settings.max_steps // 10))
     with torch.enable_grad():  # callers evaluate under no_grad
@@ -156,14 +153,14 @@ def train_probe(data: str | os.PathLike, settings: ProbeSettings, seed: int = 0,
     return model, info
 
 
-def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, seed: int = 0,
-              device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None, progress: bool = False
-              ) -> tuple[InverseDynamicsProbe | None, dict]:
-    """The probe for `data` (its train split), from the cache when the key matches, else trained and cached.
+def ceiling_for(data: str | os.PathLike, settings: CeilingSettings | None = None, seed: int = 0,
+                device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None, progress: bool = False
+                ) -> tuple[InverseDynamicsModel | None, dict]:
+    """The ceiling for `data` (its train split), from the cache when the key matches, else trained and cached.
 
-    Returns (probe, info); (None, {"reason": ...}) when the data has no labelled train split.
+    Returns (model, info); (None, {"reason": ...}) when the data has no labelled train split.
     The cache defaults to `<data>/.genie-cache/`; a cache that cannot be written is skipped, not an error."""
-    settings = settings or ProbeSettings()
+    settings = settings or CeilingSettings()
     data = Path(data)
     card = read_card(data)  # a folder that is no dataset is a user error (exit 2), not "not computed"
     if not card.get("has_actions"):
@@ -180,12 +177,12 @@ def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, se
             stored = json.loads(meta.read_text())
             if stored.get("key") == key:
                 info = stored["info"]
-                model = InverseDynamicsProbe(card["channels"], info["num_classes"], settings.width)
+                model = InverseDynamicsModel(card["channels"], info["num_classes"], settings.width)
                 model.load_state_dict(load_file(weights))
                 return model.to(device).eval(), {**info, "cached": True, "cache_file": str(weights)}
         except (OSError, ValueError, KeyError, RuntimeError):
             pass  # unreadable or stale entry: retrain and overwrite it
-    model, info = train_probe(data, settings, seed, device, progress=progress)
+    model, info = train_ceiling(data, settings, seed, device, progress=progress)
     info = {**info, "data": str(data), "seed": seed, "settings": dataclasses.asdict(settings)}
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -200,7 +197,7 @@ def probe_for(data: str | os.PathLike, settings: ProbeSettings | None = None, se
 
 
 def check_same_classes(probe_data: str | os.PathLike, eval_card: dict) -> str | None:
-    """Why a probe trained on `probe_data` cannot score data with `eval_card`, or None when it can."""
+    """Why a ceiling trained on `probe_data` cannot score data with `eval_card`, or None when it can."""
     a, b = merged_action_table(read_card(probe_data)), merged_action_table(eval_card)
     if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
         return f"{probe_data} and the evaluated data merge actions differently (dataset cards' merged_action)"

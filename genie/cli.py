@@ -161,7 +161,8 @@ def _cmd_assemble(a: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from genie.evaluate import evaluate, markdown_table
+    from genie.eval_results import markdown_table
+    from genie.evaluate import evaluate
 
     out = Path(a.out)
     if out.suffix.lower() != ".json":
@@ -169,20 +170,20 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
                    horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device,
                    probe_data=a.probe_data, probe_cache=a.probe_cache)
-    if not res.pop("main_process", True):  # under torchrun every process evaluated its share; one writes
+    if not res.main_process:  # under torchrun every process evaluated its share; one writes
         return
     table = markdown_table(res)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, json.dumps(res, indent=2)), (out.with_suffix(".md"), table)):
+    for path, text in ((out, json.dumps(res.to_dict(), indent=2)), (out.with_suffix(".md"), table)):
         atomic.write_text(path, text)
     print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
 
 
 def _cmd_probe(a: argparse.Namespace) -> None:
-    from genie.probe import probe
+    from genie.action_atlas import write_atlas
 
-    res = probe(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps, seed=a.seed,
-                device=a.device)
+    res = write_atlas(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps,
+                      seed=a.seed, device=a.device)
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))

@@ -1,4 +1,4 @@
-"""Evaluation of whatever stages a model folder holds (DESIGN §8).
+"""Evaluation of whatever stages a model folder holds (architecture §8).
 
 - tokenizer: reconstruction PSNR, SSIM, codebook usage and perplexity;
 - LAM: code usage; with true actions, NMI and linear-probe accuracy against them, each next to the
@@ -9,7 +9,9 @@
   repeated, what a copy-only dynamics model shows) and the tokenizer's reconstruction of the true frames (what a
   perfect dynamics model shows), which split a rollout's gap to copy-last into the dynamics' and the tokenizer's.
 
-Clips are a fixed, seeded subset of the split, so the same seed gives the same numbers.
+Each stage's figures are computed here once, into its result type (genie.eval_results), which writes them as JSON
+and as rows of the markdown table. Clips are a fixed, seeded subset of the split, so the same seed gives the same
+numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split, read_card
+from genie.ceiling import ceiling_for, check_same_classes
 from genie.core.device import generator_for, resolve_device, to_device
 from genie.core.errors import GenieInputError
 from genie.core.metrics import (
@@ -41,18 +44,29 @@ from genie.core.metrics import (
 )
 from genie.core.registry import STAGES
 from genie.distributed import process_state
+from genie.eval_results import (
+    AgentBoxResult,
+    CeilingResult,
+    Evaluation,
+    FewLabelResult,
+    FVDResult,
+    Interval,
+    LamResult,
+    TokenizerResult,
+    TokenStability,
+    WorldModelResult,
+)
 from genie.export import load_export
 from genie.fvd import fvd_report, i3d_features, load_i3d
 from genie.grounding import Transitions, collect_transitions, grounding_table
-from genie.idm_probe import check_same_classes, probe_for
 from genie.nn import codebook_usage
-from genie.sampling import decode_tokens, rollout_tokens
+from genie.sampling import SamplingSettings, decode_tokens
 from genie.world_model import WorldModel
 
 
 def linear_probe_accuracy(codes: np.ndarray, labels: np.ndarray, num_codes: int, seed: int = 0,
                           steps: int = 300) -> float:
-    """Held-out accuracy of a multinomial logistic regression from one-hot codes to labels.
+    """Held-out accuracy of a linear probe: a multinomial logistic regression from one-hot codes to labels.
 
     Half of the samples (seeded split) train it, the other half score it."""
     g = np.random.default_rng(seed)
@@ -75,10 +89,10 @@ def linear_probe_accuracy(codes: np.ndarray, labels: np.ndarray, num_codes: int,
         return float((probe(x[te]).argmax(-1) == y[te]).float().mean())
 
 
-def mean_ci95(values: np.ndarray) -> dict:
+def mean_ci95(values: np.ndarray) -> Interval:
     v = np.asarray(values, dtype=np.float64)
     half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)], "n": int(len(v))}
+    return Interval(float(v.mean()), (float(v.mean() - half), float(v.mean() + half)), int(len(v)))
 
 
 def _batches(ds: ClipDataset, batch: int, device: torch.device | str = "cpu", state=None):
@@ -172,7 +186,7 @@ def level_types(video: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
-                       state=None) -> dict:
+                       state=None) -> TokenizerResult:
     ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
     ps, ss, ids, stab, kinds = [], [], [], [], []
     for b in _batches(ds, batch, _device_of(tokenizer), state):
@@ -190,22 +204,23 @@ def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, b
     per_clip, kinds = torch.cat(ps).mean(1), [k for ks in kinds for k in ks]
     by_type = {k: {"clips": sum(x == k for x in kinds),
                    "psnr_db": float(per_clip[[x == k for x in kinds]].mean()) if k in kinds else None} for k in LEVEL_TYPES}
-    return {"clips": len(ds), "clip_len": ds.clip_len, "psnr_db": float(torch.cat(ps).mean()),
-            "psnr_db_by_level_type": by_type,
-            "ssim": float(torch.cat(ss).mean()), "codebook_usage": float(u.usage), "codebook_perplexity": float(u.perplexity),
-            "token_stability": {
-                "identical_share": _share(int(stab[0]), int(stab[1])),
-                "identical_share_unchanged_patches": _share(int(stab[2]), int(stab[3])),
-                "unchanged_patch_share": _share(int(stab[3]), int(stab[1])),
-                "unchanged_patch_rule": f"max |pixel difference| <= {UNCHANGED_PATCH_THRESHOLD:g} in [-1, 1] over the "
-                                        f"{tokenizer.config.patch_size}x{tokenizer.config.patch_size} patch (identical uint8)",
-            }}
+    p = tokenizer.config.patch_size
+    stability = TokenStability(
+        identical_share=_share(int(stab[0]), int(stab[1])),
+        identical_share_unchanged_patches=_share(int(stab[2]), int(stab[3])),
+        unchanged_patch_share=_share(int(stab[3]), int(stab[1])),
+        unchanged_patch_rule=f"max |pixel difference| <= {UNCHANGED_PATCH_THRESHOLD:g} in [-1, 1] over the {p}x{p} "
+                             "patch (identical uint8)")
+    return TokenizerResult(clips=len(ds), clip_len=ds.clip_len, psnr_db=float(torch.cat(ps).mean()),
+                           psnr_db_by_level_type=by_type, ssim=float(torch.cat(ss).mean()),
+                           codebook_usage=float(u.usage), codebook_perplexity=float(u.perplexity),
+                           token_stability=stability)
 
 
-def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: torch.device | str = "cpu",
-                  settings=None, progress: bool = False):
-    """(probe or None, info) for evaluate_lam: the supervised inverse-dynamics ceiling trained on the labelled
-    train split of `probe_data` (default `data`); None when `data` has no true actions to score against."""
+def supervised_ceiling(data, probe_data=None, cache_dir=None, seed: int = 0, device: torch.device | str = "cpu",
+                       settings=None, progress: bool = False):
+    """(model or None, info) for evaluate_lam: the supervised inverse-dynamics ceiling (genie.ceiling) trained on the
+    labelled train split of `probe_data` (default `data`); None when `data` has no true actions to score against."""
     card = read_card(data)
     if not card.get("has_actions"):
         return None
@@ -213,22 +228,41 @@ def ceiling_probe(data, probe_data=None, cache_dir=None, seed: int = 0, device: 
     why = check_same_classes(probe_data, card)
     if why:
         return None, {"reason": why}
-    return probe_for(probe_data, settings, seed=seed, device=device, cache_dir=cache_dir, progress=progress)
+    return ceiling_for(probe_data, settings, seed=seed, device=device, cache_dir=cache_dir, progress=progress)
+
+
+def _ceiling_result(pred: np.ndarray, labels: np.ndarray, shuffled: np.ndarray, raw: np.ndarray, card: dict,
+                    lam_nmi: float, info: dict) -> CeilingResult:
+    """The ceiling's predicted classes `pred` scored as the LAM's codes are: against the (merged) `labels`, their
+    `shuffled` twin and, when the card names its actions' components, the components of the `raw` actions."""
+    nmi = normalized_mutual_info(pred, labels)
+    res = CeilingResult(nmi=nmi, nmi_shuffled=normalized_mutual_info(pred, shuffled),
+                        accuracy=float((pred == labels).mean()),
+                        majority_accuracy=float(np.bincount(labels).max() / len(labels)),
+                        lam_nmi_fraction=lam_nmi / nmi if nmi > 0 else None, probe=info)
+    components, merge = action_components(card), merged_action_table(card)
+    if components is not None:
+        # The ceiling predicts (merged) classes: each class takes the components of its raw actions, which agree
+        # within a class (they have the same effect), so any one of them stands for it.
+        rep = np.arange(len(card["action_names"])) if merge is None else \
+            np.array([int(np.flatnonzero(merge == m)[0]) for m in range(int(merge.max()) + 1)])
+        res.nmi_components = {k: normalized_mutual_info(table[rep[pred]], table[raw]) for k, table in components.items()}
+    return res
 
 
 @torch.no_grad()
 def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 8, progress=None,
-                 probe=None, state=None, few_labels: Transitions | str | None = None) -> dict:
-    """LAM figures on a fixed clip subset. `probe`: (model or None, info) from `genie.idm_probe.probe_for`:
-    the supervised inverse-dynamics ceiling, scored on the same transitions and merged classes.
-    `few_labels`: labelled training-level transitions (genie.grounding) for the dictionary and the linear map's
-    held-out accuracy at 200 and 1,000 labels, or a string saying why there are none."""
+                 ceiling=None, state=None, few_labels: Transitions | str | None = None) -> LamResult:
+    """LAM figures on a fixed clip subset. `ceiling`: (model or None, info) from `supervised_ceiling`, scored on the
+    same transitions and merged classes. `few_labels`: labelled training-level transitions (genie.grounding) for the
+    dictionary and the linear map's held-out accuracy at FEW_LABEL_BUDGETS labels, or a string saying why there are
+    none."""
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
-    codes, true, p_inf, p_rand, ceiling, latents = [], [], [], [], [], []
-    probe_net, probe_info = probe if probe is not None else (None, None)
+    codes, true, p_inf, p_rand, ceiling_pred, latents = [], [], [], [], [], []
+    ceiling_net, ceiling_info = ceiling if ceiling is not None else (None, None)
     device = _device_of(lam)
-    if probe_net is not None:
-        probe_net = probe_net.to(device)
+    if ceiling_net is not None:
+        ceiling_net = ceiling_net.to(device)
     for b in _batches(ds, batch, device, state):
         video = b["video"]
         out = lam(video)
@@ -240,61 +274,45 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
         latents.append(out.latents.flatten(0, 1).float().cpu())
         if "actions" in b:
             true.append(b["actions"].flatten())
-            if probe_net is not None:
-                ceiling.append(probe_net.predict_clip(video).flatten().cpu())
+            if ceiling_net is not None:
+                ceiling_pred.append(ceiling_net.predict_clip(video).flatten().cpu())
         if progress:
             progress(len(video))
-    codes, true, p_inf, p_rand, ceiling, latents = _gather(state, codes, true, p_inf, p_rand, ceiling, latents)
+    codes, true, p_inf, p_rand, ceiling_pred, latents = _gather(state, codes, true, p_inf, p_rand, ceiling_pred, latents)
     codes_np = torch.cat(codes).numpy()
     u = codebook_usage(torch.cat(codes), lam.num_actions)
-    res = {"clips": len(ds), "transitions": int(len(codes_np)), "code_usage": float(u.usage),
-           "codes_used": int(len(np.unique(codes_np))), "num_actions": lam.num_actions,
-           "code_perplexity": float(u.perplexity),
-           "next_frame_psnr_inferred_db": float(torch.cat(p_inf).mean()),
-           "next_frame_psnr_random_db": float(torch.cat(p_rand).mean())}
-    res["psnr_gap_db"] = res["next_frame_psnr_inferred_db"] - res["next_frame_psnr_random_db"]
+    inferred, random_action = float(torch.cat(p_inf).mean()), float(torch.cat(p_rand).mean())
+    res = LamResult(clips=len(ds), transitions=int(len(codes_np)), code_usage=float(u.usage),
+                    codes_used=int(len(np.unique(codes_np))), num_actions=lam.num_actions,
+                    code_perplexity=float(u.perplexity), next_frame_psnr_inferred_db=inferred,
+                    next_frame_psnr_random_db=random_action, psnr_gap_db=inferred - random_action)
     if not true:
-        res["action_metrics"] = "not computed: the data has no true actions"
+        res.action_metrics = "not computed: the data has no true actions"
         return res
     raw = torch.cat(true).numpy()
     labels = merge_actions(raw, ds.card)
-    components = action_components(ds.card)
-    merge = merged_action_table(ds.card)
+    components, merge = action_components(ds.card), merged_action_table(ds.card)
     if merge is not None:
-        res["true_actions"] = f"merged by the dataset card's merged_action table ({len(np.unique(merge))} classes)"
+        res.true_actions = f"merged by the dataset card's merged_action table ({len(np.unique(merge))} classes)"
     shuffled = np.random.default_rng(seed).permutation(labels)
-    res.update(nmi=normalized_mutual_info(codes_np, labels), nmi_shuffled=normalized_mutual_info(codes_np, shuffled),
-               probe_accuracy=linear_probe_accuracy(codes_np, labels, lam.num_actions, seed),
-               probe_accuracy_shuffled=linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed))
-    if components is not None:  # which part of the control the codes carry: the direction, the jump
-        res["nmi_components"] = {k: normalized_mutual_info(codes_np, table[raw]) for k, table in components.items()}
+    res.nmi, res.nmi_shuffled = normalized_mutual_info(codes_np, labels), normalized_mutual_info(codes_np, shuffled)
+    res.probe_accuracy = linear_probe_accuracy(codes_np, labels, lam.num_actions, seed)
+    res.probe_accuracy_shuffled = linear_probe_accuracy(codes_np, shuffled, lam.num_actions, seed)
+    if components is not None:
+        res.nmi_components = {k: normalized_mutual_info(codes_np, table[raw]) for k, table in components.items()}
     if isinstance(few_labels, Transitions):
-        # What a user gets from a few labels (Genie App. E): the maps fitted on labelled training-level
-        # transitions, scored on these held-out ones.
+        # Genie App. E: the maps fitted on labelled training-level transitions, scored on these held-out ones
         held = Transitions(torch.cat(latents).numpy(), codes_np.astype(np.int64), labels.astype(np.int64))
         k = int(max(labels.max(), few_labels.labels.max())) + 1
-        res["few_labels"] = {"fitted_on": f"labelled training-level transitions ({len(few_labels)} available)",
-                             "rows": grounding_table(few_labels, held, lam.num_actions, k, FEW_LABEL_BUDGETS, seed)}
+        res.few_labels = FewLabelResult(f"labelled training-level transitions ({len(few_labels)} available)",
+                                        grounding_table(few_labels, held, lam.num_actions, k, FEW_LABEL_BUDGETS, seed))
     elif few_labels is not None:
-        res["few_labels"] = few_labels
-    if probe_net is not None:
-        pred = torch.cat(ceiling).numpy()
-        nmi = normalized_mutual_info(pred, labels)
-        res["supervised_ceiling"] = {
-            "nmi": nmi, "nmi_shuffled": normalized_mutual_info(pred, shuffled),
-            "accuracy": float((pred == labels).mean()),
-            "majority_accuracy": float(np.bincount(labels).max() / len(labels)),
-            "lam_nmi_fraction": res["nmi"] / nmi if nmi > 0 else None,
-            "probe": probe_info}
-        if components is not None:
-            # The probe predicts (merged) classes: each class takes the components of its raw actions, which
-            # agree within a class (they have the same effect), so any one of them stands for it.
-            rep = np.arange(len(ds.card["action_names"])) if merge is None else \
-                np.array([int(np.flatnonzero(merge == m)[0]) for m in range(int(merge.max()) + 1)])
-            res["supervised_ceiling"]["nmi_components"] = {
-                k: normalized_mutual_info(table[rep[pred]], table[raw]) for k, table in components.items()}
-    elif probe is not None:
-        res["supervised_ceiling"] = f"not computed: {probe_info['reason']}"
+        res.few_labels = few_labels
+    if ceiling_net is not None:
+        res.supervised_ceiling = _ceiling_result(torch.cat(ceiling_pred).numpy(), labels, shuffled, raw, ds.card,
+                                                 res.nmi, ceiling_info)
+    elif ceiling is not None:
+        res.supervised_ceiling = f"not computed: {ceiling_info['reason']}"
     return res
 
 
@@ -304,12 +322,12 @@ def _box(video: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
     return video[..., top:bottom, left:right]
 
 
-def action_margin(wm, true_tokens: torch.Tensor, actions: torch.Tensor, target: torch.Tensor, steps: int,
-                  temperature: float, generator: torch.Generator) -> torch.Tensor:
+def action_margin(wm, true_tokens: torch.Tensor, actions: torch.Tensor, target: torch.Tensor,
+                  settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
     """Counterfactual action margin (n, T) in dB: at each step k, from the true frames' tokens before it, the
     PSNR of frame k generated under the inferred action minus the best PSNR any other latent action reaches.
     Positive: the inferred action explains the true frame better than every alternative (the action matters);
-    near 0 or below: the model's frame barely depends on which action it is given (DESIGN §7.14).
+    near 0 or below: the model's frame barely depends on which action it is given (architecture §7.14).
 
     true_tokens (n, T+1, h, w); actions (n, T) inferred; target (n, T, c, H, W) the true frames 1..T."""
     n, horizon = actions.shape
@@ -318,9 +336,8 @@ def action_margin(wm, true_tokens: torch.Tensor, actions: torch.Tensor, target: 
     for k in range(1, horizon + 1):
         ctx = true_tokens[:, :k].repeat(a, 1, 1, 1)  # (a*n, k, h, w): candidate-major
         cand = torch.arange(a, device=actions.device).repeat_interleave(n)[:, None]  # (a*n, 1)
-        tokens = rollout_tokens(wm.dynamics, ctx, cand, steps=steps, temperature=temperature, generator=generator,
-                                prompt_actions=actions[:, :k - 1].repeat(a, 1) if k > 1 else None)
-        frame = decode_tokens(wm.tokenizer, tokens)[:, -1]  # (a*n, c, H, W)
+        frame = wm.rollout(ctx, cand, generator, settings=settings,
+                           prompt_actions=actions[:, :k - 1].repeat(a, 1))[:, -1]  # (a*n, c, H, W)
         p = psnr(frame, target[:, k - 1].repeat(a, 1, 1, 1)).view(a, n)  # (a, n)
         inferred = p.gather(0, actions[:, k - 1][None]).squeeze(0)
         others = p.masked_fill(torch.nn.functional.one_hot(actions[:, k - 1], a).T.bool(), float("-inf"))
@@ -328,265 +345,176 @@ def action_margin(wm, true_tokens: torch.Tensor, actions: torch.Tensor, target: 
     return torch.stack(out, dim=1)
 
 
+@torch.no_grad()
+def _world_model_batch(wm, video: torch.Tensor, generator: torch.Generator, settings: SamplingSettings, delta_t: int,
+                       box: tuple[int, int, int, int] | None, margin: bool, i3d=None) -> dict[str, torch.Tensor]:
+    """The per-clip figures of one batch of true clips (n, 1 + T, c, H, W), on the CPU: per step (n, T) the PSNRs of
+    the rollout from the first frame with the LAM's actions, of copy-last-frame and of the two references through
+    the tokenizer (in the agent `box` too), the rollout's SSIM; ΔtPSNR (n,); with `margin` the action margin (n, T);
+    with `i3d` the embeddings of the true, generated and copy-last clips. The generator is drawn from in this order:
+    rollout, random actions, their rollout, margin."""
+    horizon = video.shape[1] - 1
+    target, copy = video[:, 1:], video[:, :1].expand(-1, horizon, -1, -1, -1)
+    acts = wm.lam.infer_actions(video)  # (n, T)
+    prompt, _ = wm.encode_prompt(video[:, :1])  # (n, 1, h, w)
+    gen = wm.rollout(prompt, acts, generator, settings=settings)[:, 1:]
+    # The same two references through the tokenizer: its decoding of the prompt's tokens repeated (what a dynamics
+    # model that only copies would show) and of the true clip's own tokens (what a perfect one would).
+    copy_tokens = decode_tokens(wm.tokenizer, prompt.expand(-1, horizon + 1, -1, -1))[:, 1:]
+    w = wm.tokenizer.config.num_frames  # encoded in consecutive windows, as `genie tokenize` does
+    true_tokens = torch.cat([wm.tokenizer.encode(video[:, i:i + w]) for i in range(0, horizon + 1, w)], 1)
+    recon = decode_tokens(wm.tokenizer, true_tokens)[:, 1:]
+    out = {"rollout": psnr(gen, target), "rollout_ssim": ssim(gen, target), "copy_last": psnr(copy, target),
+           "copy_last_tokens": psnr(copy_tokens, target), "tokenizer_recon": psnr(recon, target)}
+    if box is not None:
+        for k, x in (("rollout", gen), ("copy_last", copy), ("tokenizer_recon", recon)):
+            out[f"box_{k}"] = psnr(_box(x, box), _box(target, box))
+    out = {k: v.cpu() for k, v in out.items()}
+    # ΔtPSNR (Genie §3): PSNR at step t under the inferred actions minus under random ones
+    rand = torch.randint(0, wm.num_actions, (video.shape[0], delta_t), generator=generator, device=video.device)
+    gen_r = wm.rollout(prompt, rand, generator, settings=settings)[:, -1]
+    out["delta"] = out["rollout"][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu()
+    if margin:
+        out["margin"] = action_margin(wm, true_tokens[:, :horizon + 1], acts, target, settings, generator).cpu()
+    if i3d is not None:
+        out["i3d_real"] = i3d_features(i3d, video)
+        out["i3d_generated"] = i3d_features(i3d, torch.cat([video[:, :1], gen], 1))
+        out["i3d_copy_last"] = i3d_features(i3d, video[:, :1].expand_as(video))
+    return out
+
+
 def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizon: int = 10, delta_t: int = 4,
-                         steps: int = 25, temperature: float = 1.0, batch: int = 4, progress=None, i3d=None,
-                         state=None, margin_clips: int = 32) -> dict:
-    """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip.
+                         settings: SamplingSettings | None = None, batch: int = 4, progress=None, i3d=None,
+                         state=None, margin_clips: int = 32) -> tuple[WorldModelResult, FVDResult | None]:
+    """Rollouts of `horizon` frames from 1 prompt frame with the LAM's actions inferred on the true clip, sampled
+    with `settings` (default: SamplingSettings()).
 
     Beside the whole-frame figures, the same PSNRs inside the dataset card's `agent_box` (where the eye looks:
     CoinRun's agent), and on the first `margin_clips` clips the counterfactual action margin (`action_margin`).
     With an `i3d` network (genie.fvd), also the FVD of the rollouts (prompt + generated frames) and of the
-    copy-last-frame clips against the true clips."""
+    copy-last-frame clips against the true clips (else None)."""
     if horizon < 1:
         raise GenieInputError(f"--horizon must be >= 1, got {horizon}")
+    settings = settings or SamplingSettings()
     delta_t = min(delta_t, horizon)  # ΔtPSNR at t = 4 (Genie §3), or at the last step of a shorter rollout
     ds = ClipDataset(data, split, clip_len=horizon + 1, num_clips=num_clips, seed=seed)
     if horizon + 1 > wm.lam.config.num_frames:
         raise GenieInputError(f"horizon {horizon} needs LAM clips of {horizon + 1} frames (LAM num_frames {wm.lam.config.num_frames})")
-    device = wm.device
     box = agent_box(ds.card, tuple(ds.frame_shape[:2]))
-
-    def rollout(prompt, actions, g):  # prompt tokens (n, 1, h, w), actions (n, T) -> video (n, 1 + T, c, H, W)
-        tokens = rollout_tokens(wm.dynamics, prompt, actions, steps=steps, temperature=temperature, generator=g)
-        return decode_tokens(wm.tokenizer, tokens)
-
-    ps, ss, base, base_tok, ceiling, delta, margin = [], [], [], [], [], [], []
-    in_box = {"rollout": [], "copy_last": [], "tokenizer_recon": []}
-    feats = {"real": [], "generated": [], "copy_last": []}
-    for b in _batches(ds, batch, device, state):
-        video = b["video"]
-        n = video.shape[0]
-        g = _batch_generator(device, seed, b["index"])
-        acts = wm.lam.infer_actions(video)  # (n, horizon)
-        prompt = wm.tokenizer.encode(video[:, :1])
-        gen = rollout(prompt, acts, g)[:, 1:]
-        target = video[:, 1:]
-        ps.append(psnr(gen, target).cpu())  # (n, horizon)
-        ss.append(ssim(gen, target).cpu())  # (n, horizon)
-        base.append(psnr(video[:, :1].expand_as(target), target).cpu())
-        # The same two references through the tokenizer: its decoding of the prompt's tokens repeated (what a
-        # dynamics model that only copies would show) and of the true clip's own tokens (what a perfect one would).
-        base_tok.append(psnr(decode_tokens(wm.tokenizer, prompt.expand(-1, horizon + 1, -1, -1))[:, 1:], target).cpu())
-        w = wm.tokenizer.config.num_frames  # encoded in consecutive windows, as `genie tokenize` does
-        true_tokens = torch.cat([wm.tokenizer.encode(video[:, i:i + w]) for i in range(0, horizon + 1, w)], 1)
-        recon = decode_tokens(wm.tokenizer, true_tokens)[:, 1:]
-        ceiling.append(psnr(recon, target).cpu())
-        if box is not None:
-            for k, x in (("rollout", gen), ("copy_last", video[:, :1].expand_as(target)), ("tokenizer_recon", recon)):
-                in_box[k].append(psnr(_box(x, box), _box(target, box)).cpu())
-        rand = torch.randint(0, wm.num_actions, (n, delta_t), generator=g, device=device)
-        gen_r = rollout(prompt, rand, g)[:, -1]
-        delta.append(ps[-1][:, delta_t - 1] - psnr(gen_r, video[:, delta_t]).cpu())
-        if b["index"] * batch < margin_clips:
-            margin.append(action_margin(wm, true_tokens[:, :horizon + 1], acts, target, steps, temperature, g).cpu())
-        if i3d is not None:
-            feats["real"].append(i3d_features(i3d, video))
-            feats["generated"].append(i3d_features(i3d, torch.cat([video[:, :1], gen], 1)))
-            feats["copy_last"].append(i3d_features(i3d, video[:, :1].expand_as(video)))
+    names = ["rollout", "rollout_ssim", "copy_last", "copy_last_tokens", "tokenizer_recon", "delta", "margin"]
+    names += ["box_rollout", "box_copy_last", "box_tokenizer_recon"] if box is not None else []
+    names += ["i3d_real", "i3d_generated", "i3d_copy_last"] if i3d is not None else []
+    per_batch = {k: [] for k in names}  # the same on every process: each gathers every list
+    for b in _batches(ds, batch, wm.device, state):
+        g = _batch_generator(wm.device, seed, b["index"])
+        out = _world_model_batch(wm, b["video"], g, settings, delta_t, box, b["index"] * batch < margin_clips, i3d)
+        for k, v in out.items():
+            per_batch[k].append(v)
         if progress:
-            progress(n)
-    ps, ss, base, base_tok, ceiling, delta, margin = _gather(state, ps, ss, base, base_tok, ceiling, delta, margin)
-    in_box = dict(zip(in_box, _gather(state, *in_box.values())))
-    if i3d is not None:
-        feats = dict(zip(feats, _gather(state, *feats.values())))
-    ps, ss, base, base_tok, ceiling = (torch.cat(x) for x in (ps, ss, base, base_tok, ceiling))
+            progress(len(b["video"]))
+    f = {k: torch.cat(v) for k, v in zip(per_batch, _gather(state, *per_batch.values())) if v}
+
+    def per_step(x: torch.Tensor) -> list[float]:  # (clips, T) -> the mean of each step
+        return [float(v) for v in x.mean(0)]
+
+    ps, base, base_tok, recon = f["rollout"], f["copy_last"], f["copy_last_tokens"], f["tokenizer_recon"]
+    res = WorldModelResult(
+        clips=len(ds), horizon=horizon, maskgit_steps=settings.steps, temperature=settings.temperature,
+        rollout_psnr_db=per_step(ps), rollout_ssim=per_step(f["rollout_ssim"]), copy_last_frame_psnr_db=per_step(base),
+        rollout_mean_psnr_db=float(ps.mean()), copy_last_frame_mean_psnr_db=float(base.mean()),
+        mean_psnr_minus_copy_last_db=mean_ci95((ps.mean(1) - base.mean(1)).numpy()),
+        copy_last_tokens_psnr_db=per_step(base_tok), copy_last_tokens_mean_psnr_db=float(base_tok.mean()),
+        mean_psnr_minus_copy_last_tokens_db=mean_ci95((ps.mean(1) - base_tok.mean(1)).numpy()),
+        tokenizer_recon_psnr_db=per_step(recon), tokenizer_recon_mean_psnr_db=float(recon.mean()),
+        delta_t=delta_t, delta_t_psnr_db=mean_ci95(f["delta"].numpy()),
+        agent_box="not computed: the dataset card names no agent_box")
+    if box is not None:
+        kinds = ("rollout", "copy_last", "tokenizer_recon")
+        res.agent_box = AgentBoxResult(
+            box=box, psnr_db={k: per_step(f[f"box_{k}"]) for k in kinds},
+            mean_psnr_db={k: float(f[f"box_{k}"].mean()) for k in kinds},
+            last_step_minus_copy_last=mean_ci95((f["box_rollout"][:, -1] - f["box_copy_last"][:, -1]).numpy()))
+    if "margin" in f:
+        m = f["margin"]  # (clips, T)
+        res.action_margin_db, res.action_margin_mean_db = per_step(m), mean_ci95(m.mean(1).numpy())
+        res.action_margin_clips = int(m.shape[0])
     fvd = None
     if i3d is not None:
-        f = {k: torch.cat(v) for k, v in feats.items()}
-        fvd = fvd_report(f["real"], f["generated"], f["copy_last"], frames=horizon + 1,
-                         source_size=tuple(ds[0]["video"].shape[-2:]))
-    res = {"clips": len(ds), "horizon": horizon, "maskgit_steps": steps, "temperature": temperature,
-            "rollout_psnr_db": [float(x) for x in ps.mean(0)], "rollout_ssim": [float(x) for x in ss.mean(0)],
-            "copy_last_frame_psnr_db": [float(x) for x in base.mean(0)],
-            "above_baseline_every_step": bool((ps.mean(0) > base.mean(0)).all()),
-            "rollout_mean_psnr_db": float(ps.mean()), "copy_last_frame_mean_psnr_db": float(base.mean()),
-            # per clip: mean rollout PSNR over the horizon minus the copy-last-frame one, with a 95% interval
-            "mean_psnr_minus_copy_last_db": mean_ci95((ps.mean(1) - base.mean(1)).numpy()),
-            "copy_last_tokens_psnr_db": [float(x) for x in base_tok.mean(0)],
-            "copy_last_tokens_mean_psnr_db": float(base_tok.mean()),
-            "mean_psnr_minus_copy_last_tokens_db": mean_ci95((ps.mean(1) - base_tok.mean(1)).numpy()),
-            "tokenizer_recon_psnr_db": [float(x) for x in ceiling.mean(0)],
-            "tokenizer_recon_mean_psnr_db": float(ceiling.mean()),
-            f"delta_t_psnr_t{delta_t}_db": mean_ci95(torch.cat(delta).numpy())}
-    if box is not None:
-        top, left, bottom, right = box
-        per_step = {k: torch.cat(v) for k, v in in_box.items()}  # (clips, horizon) each
-        res["agent_box"] = {"top": top, "left": left, "bottom": bottom, "right": right}
-        for k, v in per_step.items():
-            res[f"agent_box_{k}_psnr_db"] = [float(x) for x in v.mean(0)]
-            res[f"agent_box_{k}_mean_psnr_db"] = float(v.mean())
-        # the headline: the rollout's agent box against copy-last's, per clip at the last step, with an interval
-        res["agent_box_last_step_minus_copy_last_db"] = mean_ci95(
-            (per_step["rollout"][:, -1] - per_step["copy_last"][:, -1]).numpy())
-    else:
-        res["agent_box"] = "not computed: the dataset card names no agent_box"
-    if margin:
-        m = torch.cat(margin)  # (clips, horizon)
-        res["action_margin_db"] = [float(x) for x in m.mean(0)]
-        res["action_margin_mean_db"] = mean_ci95(m.mean(1).numpy())
-        res["action_margin_clips"] = int(m.shape[0])
-    if fvd is not None:
-        res["fvd"] = fvd
-    return res
+        fvd = FVDResult(**fvd_report(f["i3d_real"], f["i3d_generated"], f["i3d_copy_last"], frames=horizon + 1,
+                                     source_size=tuple(ds[0]["video"].shape[-2:])))
+    return res, fvd
+
+
+def _load_stages(p: Path) -> dict:
+    """The stage exports in `p`: a world-model folder, or a single stage export."""
+    if not p.is_dir():
+        raise GenieInputError(f"{p}: no such model folder")
+    if (p / "config.json").is_file():
+        stage = json.loads((p / "config.json").read_text()).get("genie_stage")
+        if stage not in STAGES:
+            raise GenieInputError(f"{p}: not a genie export or world-model folder")
+        return {stage: load_export(p, stage)}
+    stages = {stage: load_export(p / stage, stage) for stage in STAGES if (p / stage).is_dir()}
+    if not stages:
+        raise GenieInputError(f"{p}: holds no genie export (expected tokenizer/, lam/, dynamics/ or config.json)")
+    return stages
 
 
 def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, num_clips: int = 128, seed: int = 0,
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
              progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
-             probe_data: str | Path | None = None, probe_cache: str | Path | None = None) -> dict:
+             probe_data: str | Path | None = None, probe_cache: str | Path | None = None) -> Evaluation:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
     `split`: None picks test, else val, else train (whichever holds episodes) and says which on stderr.
+    `steps`, `temperature`: how rollouts sample (genie.sampling.SamplingSettings, checked before anything loads).
     `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed.
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
-    `probe_data`: the dataset whose labelled train split trains the supervised ceiling probe scored beside the
-    LAM (default `data`); `probe_cache`: where trained probes are cached (default `<probe_data>/.genie-cache`)."""
+    `probe_data`: the dataset whose labelled train split trains the supervised ceiling (genie.ceiling) scored beside
+    the LAM (default `data`); `probe_cache`: where trained ceilings are cached (default `<probe_data>/.genie-cache`).
+    Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
+    sampling = SamplingSettings(steps=steps, temperature=temperature)
     dev = resolve_device(device)
     p = Path(model_dir)
-    if not p.is_dir():
-        raise GenieInputError(f"{p}: no such model folder")
     torch.manual_seed(seed)
-    stages = {}
-    if (p / "config.json").is_file():
-        stage = json.loads((p / "config.json").read_text()).get("genie_stage")
-        if stage not in STAGES:
-            raise GenieInputError(f"{p}: not a genie export or world-model folder")
-        stages[stage] = load_export(p, stage)
-    else:
-        for stage in STAGES:
-            if (p / stage).is_dir():
-                stages[stage] = load_export(p / stage, stage)
-    if not stages:
-        raise GenieInputError(f"{p}: holds no genie export (expected tokenizer/, lam/, dynamics/ or config.json)")
+    stages = _load_stages(p)
     i3d_net = None
     if i3d is not None:  # load first: a bad weights file fails before minutes of evaluation
         i3d_net = load_i3d(i3d)
     state, dev = process_state(dev)  # under torchrun: this process's share of the clips, gathered at the end
     split, note = pick_split(data, split)
-    if note and (state is None or state.is_main_process):
+    main = state is None or state.is_main_process
+    if note and main:
         print(note, file=sys.stderr)
     stages = {s: to_device(m, dev, f"{p} ({s})") for s, m in stages.items()}
     if i3d_net is not None:
         i3d_net = to_device(i3d_net, dev, str(i3d))
-    show = progress and (state is None or state.is_main_process)
-    probe = None
+    show = progress and main
+    ceiling = None
     if "lam" in stages:  # first, with its own progress: minutes the first time for a dataset, then cached
-        with state.main_process_first() if state is not None else nullcontext():  # one process trains the probe
-            probe = ceiling_probe(data, probe_data, probe_cache, seed, dev, progress=show)
+        with state.main_process_first() if state is not None else nullcontext():  # one process trains it
+            ceiling = supervised_ceiling(data, probe_data, probe_cache, seed, dev, progress=show)
     bar = tqdm(unit="clip", desc="evaluating", dynamic_ncols=True) if show else None
     tick = bar.update if bar is not None else None
-    out = {"model": str(p), "data": str(data), "split": split, "num_clips": num_clips, "seed": seed,
-           "device": str(dev), "processes": state.num_processes if state is not None else 1, "stages": sorted(stages)}
+    res = Evaluation(model=str(p), data=str(data), split=split, num_clips=num_clips, seed=seed, device=str(dev),
+                     processes=state.num_processes if state is not None else 1, stages=sorted(stages),
+                     fvd="not computed: FVD needs I3D weights, which genie never downloads (pass --i3d FILE)",
+                     main_process=main)
     if "tokenizer" in stages:
-        out["tokenizer"] = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick, state=state)
+        res.tokenizer = evaluate_tokenizer(stages["tokenizer"], data, split, num_clips, seed, progress=tick, state=state)
     if "lam" in stages:
         few = few_label_transitions(stages["lam"], data, probe_data, seed) if read_card(data).get("has_actions") else None
-        out["lam"] = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, probe=probe, state=state,
-                                  few_labels=few)
+        res.lam = evaluate_lam(stages["lam"], data, split, num_clips, seed, progress=tick, ceiling=ceiling, state=state,
+                               few_labels=few)
     if len(stages) == 3:
         wm = WorldModel(stages["tokenizer"], stages["lam"], stages["dynamics"])
-        out["world_model"] = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
-                                                  steps=steps, temperature=temperature, progress=tick, i3d=i3d_net,
-                                                  state=state)
+        res.world_model, fvd = evaluate_world_model(wm, data, split, num_clips, seed, horizon=horizon, delta_t=delta_t,
+                                                    settings=sampling, progress=tick, i3d=i3d_net, state=state)
+        res.fvd = fvd or res.fvd
     elif "dynamics" in stages:
-        out["world_model"] = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
-    if isinstance(out.get("world_model"), dict) and "fvd" in out["world_model"]:
-        out["fvd"] = out["world_model"].pop("fvd")
-    elif i3d is None:
-        out["fvd"] = "not computed: FVD needs I3D weights, which genie never downloads (pass --i3d FILE)"
-    else:
-        out["fvd"] = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
+        res.world_model = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
+    if i3d is not None and not isinstance(res.fvd, FVDResult):
+        res.fvd = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
     if bar is not None:
         bar.close()
-    out["main_process"] = state is None or state.is_main_process
-    return out
-
-
-def markdown_table(res: dict) -> str:
-    """A short markdown summary of an evaluation result."""
-    rows = ["| stage | metric | value |", "|---|---|---|"]
-    t = res.get("tokenizer")
-    if isinstance(t, dict):
-        rows += [f"| tokenizer | reconstruction PSNR | {t['psnr_db']:.2f} dB |"]
-        if "psnr_db_by_level_type" in t:
-            def db(v):
-                return "n/a" if v is None else f"{v:.2f}"
-
-            rows.append("| tokenizer | PSNR by level type (clips) | " + ", ".join(
-                f"{k} {db(v['psnr_db'])} ({v['clips']})" for k, v in t["psnr_db_by_level_type"].items()) + " |")
-        rows += [f"| tokenizer | SSIM | {t['ssim']:.4f} |",
-                 f"| tokenizer | codebook usage | {t['codebook_usage']:.1%} (perplexity {t['codebook_perplexity']:.1f}) |"]
-        st = t.get("token_stability")
-        if st:
-            def pct(x):
-                return "n/a" if x is None else f"{x:.1%}"
-
-            rows.append(f"| tokenizer | identical tokens between consecutive frames: all / unchanged patches | "
-                        f"{pct(st['identical_share'])} / {pct(st['identical_share_unchanged_patches'])} "
-                        f"({pct(st['unchanged_patch_share'])} of patches unchanged) |")
-    lam = res.get("lam")
-    if isinstance(lam, dict):
-        rows.append(f"| LAM | codes used | {lam['codes_used']} of {lam['num_actions']} (perplexity {lam['code_perplexity']:.2f}) |")
-        rows.append(f"| LAM | next-frame PSNR inferred / random action | {lam['next_frame_psnr_inferred_db']:.2f} / "
-                    f"{lam['next_frame_psnr_random_db']:.2f} dB |")
-        rows.append(f"| LAM | next-frame PSNR gap (what the action carries) | {lam['psnr_gap_db']:.2f} dB |")
-        if "nmi" in lam:
-            rows.append(f"| LAM | NMI vs true actions (shuffled) | {lam['nmi']:.3f} ({lam['nmi_shuffled']:.3f}) |")
-            rows.append(f"| LAM | linear-probe accuracy (shuffled) | {lam['probe_accuracy']:.3f} ({lam['probe_accuracy_shuffled']:.3f}) |")
-        c = lam.get("supervised_ceiling")
-        if isinstance(c, dict):
-            frac = "n/a" if c["lam_nmi_fraction"] is None else f"{c['lam_nmi_fraction']:.1%}"
-            rows.append(f"| LAM | supervised inverse-dynamics ceiling: NMI (shuffled) / accuracy (majority) | "
-                        f"{c['nmi']:.3f} ({c['nmi_shuffled']:.3f}) / {c['accuracy']:.3f} ({c['majority_accuracy']:.3f}) |")
-            rows.append(f"| LAM | LAM NMI as a share of the ceiling's | {frac} |")
-            if "nmi_components" in c and "nmi_components" in lam:
-                rows.append("| LAM | NMI by component, LAM / ceiling | " + ", ".join(
-                    f"{k} {lam['nmi_components'][k]:.3f} / {v:.3f}" for k, v in c["nmi_components"].items()) + " |")
-        elif c:
-            rows.append(f"| LAM | supervised inverse-dynamics ceiling | {c} |")
-        fl = lam.get("few_labels")
-        if isinstance(fl, dict):
-            for r in fl["rows"]:
-                rows.append(f"| LAM | {r['labels']} labels: dictionary / linear map on the latent / majority accuracy | "
-                            f"{r['dictionary_accuracy']:.3f} / {r['linear_accuracy']:.3f} / {r['majority_accuracy']:.3f} |")
-        elif fl:
-            rows.append(f"| LAM | few-label accuracy | {fl} |")
-        if "nmi_components" in lam and not isinstance(c, dict):
-            rows.append("| LAM | NMI by component | " + ", ".join(
-                f"{k} {v:.3f}" for k, v in lam["nmi_components"].items()) + " |")
-    w = res.get("world_model")
-    if isinstance(w, dict):
-        rows.append("| world model | rollout PSNR per step | " + ", ".join(f"{x:.2f}" for x in w["rollout_psnr_db"]) + " |")
-        rows.append("| world model | copy-last-frame PSNR | " + ", ".join(f"{x:.2f}" for x in w["copy_last_frame_psnr_db"]) + " |")
-        if "mean_psnr_minus_copy_last_db" in w:
-            d = w["mean_psnr_minus_copy_last_db"]
-            rows.append(f"| world model | mean rollout / copy-last PSNR ({w['horizon']} steps) | {w['rollout_mean_psnr_db']:.2f} / "
-                        f"{w['copy_last_frame_mean_psnr_db']:.2f} dB, difference {d['mean']:+.2f} dB, 95% CI "
-                        f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']}) |")
-        if "copy_last_tokens_psnr_db" in w:
-            d = w["mean_psnr_minus_copy_last_tokens_db"]
-            rows.append("| world model | copy-last through the tokenizer (prompt tokens repeated) | " + ", ".join(
-                f"{x:.2f}" for x in w["copy_last_tokens_psnr_db"]) + f"; mean {w['copy_last_tokens_mean_psnr_db']:.2f} dB, "
-                f"rollout minus it {d['mean']:+.2f} dB, 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
-            rows.append("| world model | tokenizer reconstruction of the true frames (a perfect dynamics model) | " + ", ".join(
-                f"{x:.2f}" for x in w["tokenizer_recon_psnr_db"]) + f"; mean {w['tokenizer_recon_mean_psnr_db']:.2f} dB |")
-        if "agent_box_rollout_psnr_db" in w:
-            for k, label in (("rollout", "rollout"), ("copy_last", "copy-last-frame"),
-                             ("tokenizer_recon", "tokenizer reconstruction")):
-                rows.append(f"| world model | agent-box PSNR, {label} | " + ", ".join(
-                    f"{x:.2f}" for x in w[f"agent_box_{k}_psnr_db"]) + f"; mean {w[f'agent_box_{k}_mean_psnr_db']:.2f} dB |")
-        if "action_margin_db" in w:
-            d = w["action_margin_mean_db"]
-            rows.append("| world model | action margin: inferred minus best other action, one step from true context | "
-                        + ", ".join(f"{x:+.2f}" for x in w["action_margin_db"]) + f"; mean {d['mean']:+.2f} dB, 95% CI "
-                        f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']}) |")
-        key = next(k for k in w if k.startswith("delta_t_psnr"))
-        d = w[key]
-        rows.append(f"| world model | ΔtPSNR ({key[13:-3]}) | {d['mean']:.3f} dB, 95% CI [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] (n={d['n']}) |")
-    f = res["fvd"]
-    if isinstance(f, dict):
-        rows.append(f"| world model | FVD ({f['clips']} clips of {f['frames']} frames, {f['resolution']}) | "
-                    f"{f['fvd']:.1f} (copy-last-frame {f['fvd_copy_last_frame']:.1f}) |")
-    else:
-        rows.append(f"| — | FVD | {f} |")
-    return "\n".join(rows) + "\n"
+    return res

@@ -68,7 +68,7 @@ def collect_transitions(lam, data: str | Path, split: str, num: int, seed: int =
                         progress=None, probe=None) -> Transitions:
     """At least `num` labelled transitions of `data`'s `split` (all its clips' transitions if fewer), from a
     fixed seeded set of whole clips of the LAM's length run through the LAM in eval mode. With `probe` (an
-    InverseDynamicsProbe) also its predicted class of each transition."""
+    InverseDynamicsModel) also its predicted class of each transition."""
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, seed=seed)
     if not ds.has_actions:
         raise GenieInputError(f"{data}: the dataset has no true actions to ground latent actions in")
@@ -299,12 +299,12 @@ def ground(model_dir: str | Path, data: str | Path, labels: int = 200, split: st
     """Fit the latent → real map of the LAM in `model_dir` from `labels` labelled transitions of `data`'s train
     split, write it as action_map.json beside the LAM, and score every label budget (LABEL_BUDGETS) on held-out
     transitions (`split`: default test, else val) beside always-the-majority and, with `ceiling`, the supervised
-    inverse-dynamics probe trained on the whole labelled train split (genie.idm_probe, cached)."""
+    inverse-dynamics ceiling trained on the whole labelled train split (genie.ceiling, cached)."""
     from tqdm.auto import tqdm
 
     from data_pipelines.storage import pick_split, read_card
+    from genie.ceiling import ceiling_for
     from genie.core.device import resolve_device
-    from genie.idm_probe import probe_for
 
     if labels < 1:
         raise GenieInputError(f"--labels must be >= 1, got {labels}")
@@ -330,7 +330,7 @@ def ground(model_dir: str | Path, data: str | Path, labels: int = 200, split: st
                                   "train split")
         probe, probe_info = (None, None)
         if ceiling:
-            probe, probe_info = probe_for(data, seed=seed, device=dev, cache_dir=probe_cache, progress=progress)
+            probe, probe_info = ceiling_for(data, seed=seed, device=dev, cache_dir=probe_cache, progress=progress)
         ds_clips = min(held_out_clips, len(ClipDataset(data, split, clip_len=lam.config.num_frames)))
         held = collect_transitions(lam, data, split, ds_clips * (lam.config.num_frames - 1), seed,
                                    progress=bar.update, probe=probe)

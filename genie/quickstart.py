@@ -20,13 +20,14 @@ from data_pipelines.coinrun import record_coinrun
 from data_pipelines.importing import import_videos
 from data_pipelines.storage import pick_split, read_card
 from data_pipelines.video import VideoDecodeError, decode_video, list_videos, parse_resolution, probe_video
+from genie.action_atlas import write_atlas
 from genie.core import atomic
 from genie.core.device import resolve_device
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
-from genie.evaluate import evaluate, markdown_table
+from genie.eval_results import markdown_table
+from genie.evaluate import evaluate
 from genie.export import load_export
-from genie.probe import probe
 from genie.stages import stage_class
 from genie.tokenize import tokenize_dataset
 from genie.train import run_train
@@ -312,15 +313,15 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     # `genie evaluate --steps 25` gives the slower, Genie-default figure.
     res = evaluate(model, heldout, split=eval_split, num_clips=8 if tiny else 64, seed=0, steps=4 if tiny else 8,
                    horizon=horizon, delta_t=2 if tiny else 4, progress=not tiny, device=dev)
-    atomic.write_text(out / "report.json", json.dumps(res, indent=2))
+    atomic.write_text(out / "report.json", json.dumps(res.to_dict(), indent=2))
     table = markdown_table(res)
     if videos is not None:
         table += ("\nNo action metrics (NMI, probe accuracy, supervised ceiling): imported videos carry no true "
                   "actions to compare the latent actions with; the probe page shows what each one does.\n")
         print("      no action metrics: the videos carry no true actions (see the probe page instead)")
     atomic.write_text(out / "report.md", table)
-    probe(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4, steps=4 if tiny else 8,
-          device=dev, split=eval_split)
+    write_atlas(model, heldout, out / "probe", prompts=2 if tiny else 4, repeat=2 if tiny else 4,
+                steps=4 if tiny else 8, device=dev, split=eval_split)
 
     print("[6/6] generating sample clips")
     wm = WorldModel.from_pretrained(model).to(dev)
@@ -342,4 +343,4 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
     print(f"  genie generate --model {model} --prompt FRAME.png --actions 0,1,2,3 --out clip.mp4")
     print(f"  genie evaluate --model {model} --data {heldout} --out eval.json")
     print(f"  genie probe --model {model} --data {heldout} --out probe/")
-    return {"minutes": minutes_taken, "model": str(model), "report": res, "samples": samples}
+    return {"minutes": minutes_taken, "model": str(model), "report": res.to_dict(), "samples": samples}

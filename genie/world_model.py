@@ -197,10 +197,22 @@ class WorldModel(nn.Module):
             actions = actions[None].expand(b, -1)
         self.check_actions(actions)
         tokens, prompt_actions = self.encode_prompt(prompt_frames)
-        g = generator_for(tokens.device, seed)
-        out = rollout_tokens(self.dynamics, tokens, actions.to(tokens.device), generator=g, use_cache=use_cache,
-                             prompt_actions=prompt_actions if tokens.shape[1] > 1 else None, settings=settings)
-        return decode_tokens(self.tokenizer, out).clamp(-1, 1)
+        return self.rollout(tokens, actions.to(tokens.device), generator_for(tokens.device, seed), settings=settings,
+                            prompt_actions=prompt_actions, use_cache=use_cache)
+
+    @torch.no_grad()
+    def rollout(self, prompt_tokens: Tensor, actions: Tensor, generator: torch.Generator | None = None, *,
+                settings: SamplingSettings | None = None, prompt_actions: Tensor | None = None,
+                use_cache: bool = True) -> Tensor:
+        """Roll out one frame per action from prompt tokens and decode: the one rollout `generate`, `genie evaluate`
+        and `genie probe` run (`step`, for genie play, runs the same `Rollout` one frame per call).
+
+        prompt_tokens: (b, t0, h, w); prompt_actions: (b, t0-1), needed when t0 > 1; actions: (b, T) latent ids.
+        settings: how frames are sampled (default: SamplingSettings()). generator: drawn from in frame order.
+        Returns video (b, t0 + T, c, H, W) in [-1, 1]: the prompt's frames decoded, then the generated ones."""
+        tokens = rollout_tokens(self.dynamics, prompt_tokens, actions, generator=generator, use_cache=use_cache,
+                                prompt_actions=prompt_actions if prompt_tokens.shape[1] > 1 else None, settings=settings)
+        return decode_tokens(self.tokenizer, tokens).clamp(-1, 1)
 
     @torch.no_grad()
     def reset(self, prompt: Tensor, seed: int = 0, context: int | None = None, window_hop: int | None = None, *,

@@ -13,8 +13,10 @@ from data_pipelines.storage import DatasetWriter
 from dynamics.config import DynamicsConfig
 from dynamics.model import DynamicsModel
 from genie.core.metrics import MAX_PSNR_DB, action_components, normalized_mutual_info, psnr
+from genie.eval_results import markdown_table
 from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
 from genie.export import save_export
+from genie.sampling import SamplingSettings
 from genie.world_model import WorldModel
 from latent_actions.config import LatentActionConfig
 from latent_actions.model import LatentActionModel
@@ -51,8 +53,8 @@ def test_tokenizer_validation_and_evaluate_agree_to_the_last_digit(tmp_path):
     logged = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     module.validation_step({"video": torch.stack([ds[i]["video"] for i in range(len(ds))])}, batch_idx=1)
-    assert logged["val/psnr"] == res["psnr_db"]
-    assert logged["val/ssim"] == res["ssim"]
+    assert logged["val/psnr"] == res.psnr_db
+    assert logged["val/ssim"] == res.ssim
 
 
 def test_nmi_of_perfect_and_independent_labellings():
@@ -78,7 +80,7 @@ def test_linear_probe_and_interval():
     shuffled = np.random.default_rng(0).permutation(codes % 3)
     assert linear_probe_accuracy(codes, shuffled, 6) < 0.5
     m = mean_ci95(np.array([1.0, 2.0, 3.0, 4.0]))
-    assert m["mean"] == 2.5 and m["ci95"][0] < 2.5 < m["ci95"][1] and m["n"] == 4
+    assert m.mean == 2.5 and m.ci95[0] < 2.5 < m.ci95[1] and m.n == 4
 
 
 def test_evaluate_debug_world_is_deterministic(world, tmp_path):  # noqa: F811
@@ -88,13 +90,25 @@ def test_evaluate_debug_world_is_deterministic(world, tmp_path):  # noqa: F811
             w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
         w.close()
     kw = dict(split="test", num_clips=6, seed=1, steps=2, horizon=3, delta_t=2, progress=False)
-    a = evaluate(world / "world", data, **kw)
-    b = evaluate(world / "world", data, **kw)
+    a = evaluate(world / "world", data, **kw).to_dict()
+    b = evaluate(world / "world", data, **kw).to_dict()
     assert a == b
-    assert {"tokenizer", "lam", "world_model", "fvd"} <= set(a)
-    assert {"psnr_db", "ssim", "codebook_usage"} <= set(a["tokenizer"])
-    assert {"nmi", "nmi_shuffled", "probe_accuracy", "probe_accuracy_shuffled", "code_usage"} <= set(a["lam"])
+    # the JSON's keys, in order, as every result file since these figures were introduced has them
+    assert list(a) == ["model", "data", "split", "num_clips", "seed", "device", "processes", "stages", "tokenizer",
+                       "lam", "world_model", "fvd"]
+    assert list(a["tokenizer"]) == ["clips", "clip_len", "psnr_db", "psnr_db_by_level_type", "ssim", "codebook_usage",
+                                    "codebook_perplexity", "token_stability"]
+    assert list(a["lam"]) == ["clips", "transitions", "code_usage", "codes_used", "num_actions", "code_perplexity",
+                              "next_frame_psnr_inferred_db", "next_frame_psnr_random_db", "psnr_gap_db", "true_actions",
+                              "nmi", "nmi_shuffled", "probe_accuracy", "probe_accuracy_shuffled", "few_labels",
+                              "supervised_ceiling"]
     wm = a["world_model"]
+    assert list(wm) == ["clips", "horizon", "maskgit_steps", "temperature", "rollout_psnr_db", "rollout_ssim",
+                        "copy_last_frame_psnr_db", "above_baseline_every_step", "rollout_mean_psnr_db",
+                        "copy_last_frame_mean_psnr_db", "mean_psnr_minus_copy_last_db", "copy_last_tokens_psnr_db",
+                        "copy_last_tokens_mean_psnr_db", "mean_psnr_minus_copy_last_tokens_db", "tokenizer_recon_psnr_db",
+                        "tokenizer_recon_mean_psnr_db", "delta_t_psnr_t2_db", "agent_box", "action_margin_db",
+                        "action_margin_mean_db", "action_margin_clips"]
     assert len(wm["rollout_psnr_db"]) == 3 and len(wm["copy_last_frame_psnr_db"]) == 3
     assert wm["delta_t_psnr_t2_db"]["n"] == 6
     p = run_genie("evaluate", "--model", world / "tokenizer", "--data", data, "--out", tmp_path / "e.json",
@@ -176,8 +190,8 @@ def test_probe_on_a_lam_export_alone(world, tmp_path):  # noqa: F811
     assert Image.open(tmp_path / "probe" / "grid.png").size == (2 * 64 * 9, 2 * 64 * 2)
     # the frames are the LAM decoder's: the same as calling it directly, and they differ between actions
     from data_pipelines.clips import ClipDataset
+    from genie.action_atlas import lam_rollout
     from genie.export import load_export
-    from genie.probe import lam_rollout
 
     lam = load_export(world / "lam", "lam").eval()
     first = ClipDataset(data, "train", clip_len=4, num_clips=64, seed=0)[0]["video"][:1][None]
@@ -197,7 +211,7 @@ def test_mean_rollout_against_copy_last_is_reported_with_an_interval(world, tmp_
             w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
         w.close()
     res = evaluate(world / "world", data, split="test", num_clips=4, seed=0, steps=2, horizon=3, progress=False)
-    wm = res["world_model"]
+    wm = res.to_dict()["world_model"]
     d = wm["mean_psnr_minus_copy_last_db"]
     assert d["n"] == 4
     assert np.isclose(wm["rollout_mean_psnr_db"], np.mean(wm["rollout_psnr_db"]), atol=1e-4)
@@ -225,12 +239,12 @@ def test_token_space_references_bound_a_copy_only_dynamics_model(tmp_path, token
             w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
         w.close()
     res = evaluate(tmp_path / "world", data, split="test", num_clips=4, seed=0, steps=2, horizon=3, temperature=0,
-                   progress=False)["world_model"]
-    assert res["rollout_psnr_db"] == res["copy_last_tokens_psnr_db"]
-    assert res["mean_psnr_minus_copy_last_tokens_db"]["mean"] == 0
-    assert len(res["tokenizer_recon_psnr_db"]) == 3
+                   progress=False).world_model
+    assert res.rollout_psnr_db == res.copy_last_tokens_psnr_db
+    assert res.mean_psnr_minus_copy_last_tokens_db.mean == 0
+    assert len(res.tokenizer_recon_psnr_db) == 3
     # the copy reference is not the reconstruction: the clips move
-    assert res["copy_last_tokens_mean_psnr_db"] != res["tokenizer_recon_mean_psnr_db"]
+    assert res.copy_last_tokens_mean_psnr_db != res.tokenizer_recon_mean_psnr_db
 
 
 def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
@@ -247,7 +261,7 @@ def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
             w.add_episode(coded_episode(e, 12, h=64, w=64), "test")
         w.close()
     res = evaluate(world / "world", data, split="test", num_clips=4, seed=1, steps=2, horizon=3, progress=False)
-    wm = res["world_model"]
+    wm = res.to_dict()["world_model"]
     assert wm["agent_box"] == {"top": 16, "left": 16, "bottom": 48, "right": 48}
     assert len(wm["agent_box_rollout_psnr_db"]) == 3 and len(wm["action_margin_db"]) == 3
     assert wm["action_margin_clips"] == 4
@@ -258,7 +272,8 @@ def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
     video = torch.rand(2, 4, 3, 64, 64) * 2 - 1
     tokens = model.tokenizer.encode(video)
     acts = torch.tensor([[0, 3, 5], [7, 1, 2]])
-    m = action_margin(model, tokens, acts, video[:, 1:], steps=2, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    m = action_margin(model, tokens, acts, video[:, 1:], SamplingSettings(steps=2, temperature=0.0),
+                      generator=torch.Generator().manual_seed(0))
     assert m.shape == (2, 3) and m.abs().max() < 0.05  # 0 up to float rounding between batch rows
 
 
@@ -270,3 +285,97 @@ def test_level_types_of_synthetic_frames():
     stripes = flat.clone()
     stripes[..., ::2] = -0.2  # a fine pattern: large neighbour differences
     assert level_types(torch.cat([dark, flat, stripes])) == ["dark", "bright", "textured"]
+
+
+def _handmade_evaluation():
+    """Every figure `genie evaluate` can report, with round values: no model needed."""
+    from genie.eval_results import (
+        AgentBoxResult,
+        CeilingResult,
+        Evaluation,
+        FewLabelResult,
+        FVDResult,
+        Interval,
+        LamResult,
+        TokenizerResult,
+        TokenStability,
+        WorldModelResult,
+    )
+
+    iv = Interval(1.25, (0.5, 2.0), 64)
+    tok = TokenizerResult(clips=8, clip_len=16, psnr_db=25.5, ssim=0.73125, codebook_usage=0.98, codebook_perplexity=900.0,
+                          psnr_db_by_level_type={"dark": {"clips": 2, "psnr_db": 30.0}, "textured": {"clips": 0, "psnr_db": None},
+                                                 "bright": {"clips": 6, "psnr_db": 24.0}},
+                          token_stability=TokenStability(0.5, 0.9, None, "rule"))
+    lam = LamResult(clips=8, transitions=120, code_usage=1.0, codes_used=8, num_actions=8, code_perplexity=7.5,
+                    next_frame_psnr_inferred_db=23.75, next_frame_psnr_random_db=21.25, psnr_gap_db=2.5,
+                    true_actions="merged", nmi=0.25, nmi_shuffled=0.0125, probe_accuracy=0.5, probe_accuracy_shuffled=0.25,
+                    nmi_components={"horizontal": 0.125, "vertical": 0.0625},
+                    few_labels=FewLabelResult("fit", [{"labels": 200, "dictionary_accuracy": 0.5, "linear_accuracy": 0.625,
+                                                       "majority_accuracy": 0.25}]),
+                    supervised_ceiling=CeilingResult(0.5, 0.0, 0.75, 0.25, 0.5, {"steps": 8000},
+                                                     {"horizontal": 0.375, "vertical": 0.25}))
+    box = AgentBoxResult((16, 16, 48, 48), {k: [20.0, 19.5] for k in ("rollout", "copy_last", "tokenizer_recon")},
+                         {k: 19.75 for k in ("rollout", "copy_last", "tokenizer_recon")}, iv)
+    wm = WorldModelResult(clips=64, horizon=2, maskgit_steps=4, temperature=1.0, rollout_psnr_db=[20.0, 18.0],
+                          rollout_ssim=[0.5, 0.25], copy_last_frame_psnr_db=[24.0, 16.0], rollout_mean_psnr_db=19.0,
+                          copy_last_frame_mean_psnr_db=20.0, mean_psnr_minus_copy_last_db=iv,
+                          copy_last_tokens_psnr_db=[18.0, 15.0], copy_last_tokens_mean_psnr_db=16.5,
+                          mean_psnr_minus_copy_last_tokens_db=iv, tokenizer_recon_psnr_db=[25.0, 25.5],
+                          tokenizer_recon_mean_psnr_db=25.25, delta_t=4, delta_t_psnr_db=Interval(2.18, (1.54, 2.83), 64),
+                          agent_box=box, action_margin_db=[0.5, -0.25], action_margin_mean_db=iv, action_margin_clips=32)
+    fvd = FVDResult(fvd=123.45, clips=64, frames=11, resolution="224x224", embedding="I3D logits (400)",
+                    fvd_copy_last_frame=99.0)
+    return Evaluation(model="m", data="d", split="test", num_clips=64, seed=0, device="cpu", processes=1,
+                      stages=["dynamics", "lam", "tokenizer"], tokenizer=tok, lam=lam, world_model=wm, fvd=fvd)
+
+
+# The table of _handmade_evaluation as `genie evaluate` has rendered it since each figure was introduced.
+HANDMADE_TABLE = """\
+| stage | metric | value |
+|---|---|---|
+| tokenizer | reconstruction PSNR | 25.50 dB |
+| tokenizer | PSNR by level type (clips) | dark 30.00 (2), textured n/a (0), bright 24.00 (6) |
+| tokenizer | SSIM | 0.7312 |
+| tokenizer | codebook usage | 98.0% (perplexity 900.0) |
+| tokenizer | identical tokens between consecutive frames: all / unchanged patches | 50.0% / 90.0% (n/a of patches unchanged) |
+| LAM | codes used | 8 of 8 (perplexity 7.50) |
+| LAM | next-frame PSNR inferred / random action | 23.75 / 21.25 dB |
+| LAM | next-frame PSNR gap (what the action carries) | 2.50 dB |
+| LAM | NMI vs true actions (shuffled) | 0.250 (0.013) |
+| LAM | linear-probe accuracy (shuffled) | 0.500 (0.250) |
+| LAM | supervised inverse-dynamics ceiling: NMI (shuffled) / accuracy (majority) | 0.500 (0.000) / 0.750 (0.250) |
+| LAM | LAM NMI as a share of the ceiling's | 50.0% |
+| LAM | NMI by component, LAM / ceiling | horizontal 0.125 / 0.375, vertical 0.062 / 0.250 |
+| LAM | 200 labels: dictionary / linear map on the latent / majority accuracy | 0.500 / 0.625 / 0.250 |
+| world model | rollout PSNR per step | 20.00, 18.00 |
+| world model | copy-last-frame PSNR | 24.00, 16.00 |
+| world model | mean rollout / copy-last PSNR (2 steps) | 19.00 / 20.00 dB, difference +1.25 dB, 95% CI [+0.50, +2.00] (n=64) |
+| world model | copy-last through the tokenizer (prompt tokens repeated) | 18.00, 15.00; mean 16.50 dB, rollout minus it +1.25 dB, 95% CI [+0.50, +2.00] |
+| world model | tokenizer reconstruction of the true frames (a perfect dynamics model) | 25.00, 25.50; mean 25.25 dB |
+| world model | agent-box PSNR, rollout | 20.00, 19.50; mean 19.75 dB |
+| world model | agent-box PSNR, copy-last-frame | 20.00, 19.50; mean 19.75 dB |
+| world model | agent-box PSNR, tokenizer reconstruction | 20.00, 19.50; mean 19.75 dB |
+| world model | action margin: inferred minus best other action, one step from true context | +0.50, -0.25; mean +1.25 dB, 95% CI [+0.50, +2.00] (n=64) |
+| world model | ΔtPSNR (t4) | 2.180 dB, 95% CI [1.540, 2.830] (n=64) |
+| world model | FVD (64 clips of 11 frames, 224x224) | 123.5 (copy-last-frame 99.0) |
+"""
+
+
+def test_each_figure_renders_as_before():
+    """The markdown table renders every figure as it always has (ΔtPSNR names its t, intervals their n), and
+    the JSON keeps its keys: the ΔtPSNR key names t, the agent box's figures sit flat beside the whole-frame ones."""
+    res = _handmade_evaluation()
+    assert markdown_table(res) == HANDMADE_TABLE
+    d = json.loads(json.dumps(res.to_dict()))
+    assert list(d) == ["model", "data", "split", "num_clips", "seed", "device", "processes", "stages", "tokenizer",
+                       "lam", "world_model", "fvd"]
+    w = d["world_model"]
+    assert w["delta_t_psnr_t4_db"] == {"mean": 2.18, "ci95": [1.54, 2.83], "n": 64} and w["above_baseline_every_step"] is False
+    assert w["agent_box"] == {"top": 16, "left": 16, "bottom": 48, "right": 48}
+    assert w["agent_box_tokenizer_recon_mean_psnr_db"] == 19.75 and w["action_margin_clips"] == 32
+    assert d["lam"]["supervised_ceiling"]["probe"] == {"steps": 8000} and "action_metrics" not in d["lam"]
+    assert d["tokenizer"]["token_stability"]["unchanged_patch_share"] is None  # null, not left out
+    res.world_model, res.fvd = "not computed: no dynamics", "not computed: no I3D"
+    table = markdown_table(res)
+    assert "| world model |" not in table and table.endswith("| — | FVD | not computed: no I3D |\n")

@@ -9,7 +9,8 @@ import torch
 
 from data_pipelines.storage import DatasetWriter
 from genie.core.errors import GenieInputError
-from genie.evaluate import evaluate, markdown_table
+from genie.eval_results import markdown_table
+from genie.evaluate import evaluate
 from genie.fvd import I3D, frechet_distance, i3d_features, load_i3d, same_pad
 from tests.conftest import coded_episode, run_genie
 from tests.test_world_model import world  # noqa: F401  (fixture)
@@ -105,13 +106,13 @@ def test_evaluate_with_i3d_reports_fvd(world, tmp_path):  # noqa: F811
               i3d=tmp_path / "i3d.safetensors")
     a = evaluate(world / "world", data, **kw)
     assert a == evaluate(world / "world", data, **kw)
-    f = a["fvd"]
-    assert f["clips"] == 6 and f["frames"] == 4 and f["fvd"] > 0 and f["fvd_copy_last_frame"] >= 0
-    assert "fvd" not in a["world_model"] and "FVD (6 clips of 4 frames" in markdown_table(a)
+    f = a.fvd
+    assert f.clips == 6 and f.frames == 4 and f.fvd > 0 and f.fvd_copy_last_frame >= 0
+    assert "fvd" not in a.to_dict()["world_model"] and "FVD (6 clips of 4 frames" in markdown_table(a)
     only_tok = evaluate(world / "tokenizer", data, **kw)
-    assert only_tok["fvd"].startswith("not computed") and "dynamics" in only_tok["fvd"]
+    assert only_tok.fvd.startswith("not computed") and "dynamics" in only_tok.fvd
     p = run_genie("evaluate", "--model", world / "world", "--data", data, "--out", tmp_path / "e.json",
                   "--i3d", tmp_path / "nope.pt", "--quiet")
     assert p.returncode == 2 and "nope.pt: no such I3D weights file" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "e.json").exists()
-    assert json.loads(json.dumps(a))["fvd"]["fvd"] == f["fvd"]
+    assert json.loads(json.dumps(a.to_dict()))["fvd"]["fvd"] == f.fvd

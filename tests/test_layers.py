@@ -1,6 +1,6 @@
 """The layers of DESIGN §3, pinned from the source: imports point down only, and one registry lists the stages.
 
-    application   genie/*.py (world model, sampling, export, tokenize, evaluate, probe, quickstart, play, cli)
+    application   genie/*.py (world model, sampling, export, tokenize, evaluate, action atlas, quickstart, play, cli)
     stages | data tokenizer/  latent_actions/  dynamics/  |  data_pipelines/   (no imports between these four)
     core          genie/core/ (errors, atomic writes, config base, metrics, device, registry, training base)
                   and genie/nn/ (the network primitives)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from data_pipelines.storage import DatasetWriter, Episode
-from genie.evaluate import evaluate_tokenizer, markdown_table, token_stability_counts
+from genie.eval_results import markdown_table
+from genie.evaluate import evaluate_tokenizer, token_stability_counts
 
 
 def test_counts_on_a_known_case():
@@ -35,8 +36,8 @@ def test_evaluate_tokenizer_reports_it(tmp_path):
     torch.manual_seed(0)
     tok = VideoTokenizer(TokenizerConfig.preset("debug")).eval()
     res = evaluate_tokenizer(tok, tmp_path / "d", "test", num_clips=2, seed=0)
-    st = res["token_stability"]
-    assert st["unchanged_patch_share"] == 1.0
+    st = res.token_stability
+    assert st.unchanged_patch_share == 1.0
     # a still video through a causal tokenizer: the first frame may differ (no past), later ones need not
-    assert 0 <= st["identical_share"] == st["identical_share_unchanged_patches"] <= 1
-    assert "unchanged patches" in markdown_table({"tokenizer": res, "fvd": "not computed"})
+    assert 0 <= st.identical_share == st.identical_share_unchanged_patches <= 1
+    assert "unchanged patches" in markdown_table(res)
