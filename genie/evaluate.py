@@ -139,7 +139,9 @@ def few_label_transitions(lam, data, probe_data=None, seed: int = 0) -> Transiti
         return f"not computed: {src} has no true actions"
     if not (card.get("splits", {}).get("train") or {}).get("episodes"):
         return f"not computed: {src} has no labelled train split (pass --probe-data DIR)"
-    return collect_transitions(lam, src, "train", max(FEW_LABEL_BUDGETS), seed)
+    # a pool five times the largest budget, so each budget's labels are a random draw from many clips, not the
+    # transitions of a few
+    return collect_transitions(lam, src, "train", 5 * max(FEW_LABEL_BUDGETS), seed)
 
 
 # A patch counts as unchanged when no pixel of it moved by more than this, in [-1, 1] units: one uint8 step
