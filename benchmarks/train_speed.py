@@ -24,6 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.common import save  # noqa: E402
 from genie.core.registry import STAGES  # noqa: E402
+from genie.core.training import COMPILE_DEFAULT, adamw_kernel  # noqa: E402
+from genie.core.training import compile_model as compile_blocks  # noqa: E402
 from genie.stages import stage_class  # noqa: E402
 
 
@@ -56,8 +58,9 @@ def loss_fn(stage: str, model, batch):
     from genie.core.device import generator_for
 
     mask = training_mask(tokens.shape, keep_first_frames=1, generator=generator_for(tokens.device, 0), device=tokens.device)
-    logits = model(tokens.masked_fill(mask, model.mask_id), actions)
-    return F.cross_entropy(logits[mask].float(), tokens[mask])
+    # as dynamics.module does: the logits of the masked positions only
+    logits = model(tokens.masked_fill(mask, model.mask_id), actions, where=mask)
+    return F.cross_entropy(logits.float(), tokens[mask])
 
 
 def make_batch(stage: str, model, b: int, t: int):
@@ -67,13 +70,16 @@ def make_batch(stage: str, model, b: int, t: int):
     return torch.rand(b, t, cfg.channels, cfg.image_size, cfg.image_size) * 2 - 1
 
 
-def train_rate(stage, model, batch, bf16: bool, steps: int, flops: float | None = None) -> tuple[float, float]:
-    """Train frames/s (best of `steps` timed steps) and achieved FLOP/s. The FLOPs of one step are
-    counted once (FlopCounterMode) unless given: they do not depend on the precision, so the bf16 run
-    reuses the fp32 count. The warm-up step (allocator, k-means codebook init) always runs in fp32: on
-    CPUs without bf16 matmul units a bf16 step takes minutes, and its one-off kernel set-up is
-    negligible beside that."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_rate(stage, model, batch, bf16: bool, steps: int, flops: float | None = None,
+               compile_model: bool = False) -> tuple[float, float]:
+    """Train frames/s (best of `steps` timed steps) and achieved FLOP/s, with the optimizer `genie train` uses
+    (`adamw_kernel`) and, with `compile_model`, its ST blocks compiled as `genie train --compile true` does. The
+    FLOPs of one step are counted once (FlopCounterMode, in eager mode) unless given: they do not depend on the
+    precision, so the bf16 run reuses the fp32 count. The warm-up step (allocator, k-means codebook init,
+    compilation) always runs in fp32: on CPUs without bf16 matmul units a bf16 step takes minutes, and its
+    one-off kernel set-up is negligible beside that."""
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, **adamw_kernel(params))
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def step(c=ctx):
@@ -90,6 +96,10 @@ def train_rate(stage, model, batch, bf16: bool, steps: int, flops: float | None 
             loss.backward()
         opt.zero_grad(set_to_none=True)
         flops = fc.get_total_flops()
+    if compile_model:
+        compile_blocks(model)
+        for _ in range(2):  # compilation, then the first compiled step
+            step(nullcontext)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -124,11 +134,13 @@ def main() -> None:
     ap.add_argument("--bf16-batch", type=int, default=1, help="bf16 is slow on CPUs without AMX/AVX512-BF16")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--override", nargs="*", default=[], help="config overrides key=value (tuples as 16x16)")
+    ap.add_argument("--compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=COMPILE_DEFAULT,
+                    help="compile the ST blocks for the fp32 run, as `genie train --compile` (default: its default)")
     ap.add_argument("--name", default=None)
     a = ap.parse_args()
     over = dict(o.split("=") for o in a.override)
     res = {"settings": {"stage": a.stage, "preset": a.preset, "overrides": over, "batch": a.batch, "frames": a.frames,
-                        "threads": torch.get_num_threads()}}
+                        "threads": torch.get_num_threads(), "compile": a.compile}}
     rates = {"fp32": matmul_rate(torch.float32, 1024, 3), "bf16": matmul_rate(torch.bfloat16, 512, 1)}
     res["matmul_flops_per_s"] = rates
     print(f"matmul: fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.2f} GFLOP/s")
@@ -139,7 +151,8 @@ def main() -> None:
         model = build(a.stage, a.preset, over)
         batch = make_batch(a.stage, model, b, a.frames)
         step_flops = flops_per_frame * b * a.frames if flops_per_frame else None
-        fps, flops = train_rate(a.stage, model, batch, bf16, a.steps if not bf16 else 1, step_flops)
+        fps, flops = train_rate(a.stage, model, batch, bf16, a.steps if not bf16 else 1, step_flops,
+                                compile_model=a.compile and not bf16)
         flops_per_frame = flops_per_frame or flops / fps
         row = {"batch": b, "params": sum(p.numel() for p in model.parameters()), "train_frames_per_s": fps,
                "achieved_flops_per_s": flops, "fraction_of_bf16_matmul_rate": flops / rates["bf16"],

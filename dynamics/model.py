@@ -138,8 +138,9 @@ class DynamicsModel(nn.Module):
         cache: KVCache | None = None,
         return_cache: bool = False,
         prev_tokens: Tensor | None = None,
+        where: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, KVCache]:
-        """Logits for every token of the given frames.
+        """Logits for every token of the given frames (or of the positions `where` selects).
 
         tokens: (b, t, h, w) int64 in [0, v], v meaning MASK.
         actions: (b, P + t - 1) int64 in [0, a): every action of the clip so far, where P is the
@@ -152,7 +153,10 @@ class DynamicsModel(nn.Module):
             for frame i, which is right when the earlier frames are clean (sampling, evaluation); training,
             whose inputs are masked, passes the clean tokens, and so must a call with a cache (for its first
             new frame the previous one is cached).
-        Returns logits (b, t, h, w, v), or (logits, cache of P + t frames) with `return_cache`.
+        where: (b, t, h, w) bool: compute the logits of these positions only, as (m, v) rows in the order of
+            `logits[where]` (the same values); training scores the masked positions alone, and the output head
+            and its (b, t, n, v) tensor are the largest part of a step after the transformer.
+        Returns logits (b, t, h, w, v) ((m, v) with `where`), or (logits, cache of P + t frames) with `return_cache`.
         """
         num_past = 0 if cache is None else cache.num_frames
         self._check_inputs(tokens, actions, num_past)
@@ -178,11 +182,19 @@ class DynamicsModel(nn.Module):
         x, new_cache = out if return_cache else (out, None)
         if self.config.action_conditioning == "token":
             x = x[:, :, 1:]  # drop the action slot
-        logits = self.head(x)  # (b, t, n, v)
+        prev = rearrange(prev_tokens.long(), "b t h w -> b t (h w)") if self.copy_gate is not None else None  # (b, t, n)
+        if where is not None:
+            if where.shape != tokens.shape or where.dtype != torch.bool:
+                raise ValueError(f"where must be a bool tensor shaped like tokens {tuple(tokens.shape)}, "
+                                 f"got {where.dtype} {tuple(where.shape)}")
+            sel = rearrange(where, "b t h w -> b t (h w)")
+            x = x[sel]  # (m, d)
+            prev = prev[sel] if prev is not None else None  # (m,)
+        logits = self.head(x)  # (b, t, n, v), or (m, v)
         if self.copy_gate is not None:
-            prev = rearrange(prev_tokens.long(), "b t h w -> b t (h w)")  # (b, t, n)
             known = prev < self.mask_id  # frame 0 of a window has no previous token: no bonus
-            gate = torch.where(known, self.copy_gate(x).squeeze(-1), 0.0).to(logits.dtype)  # (b, t, n)
+            gate = torch.where(known, self.copy_gate(x).squeeze(-1), 0.0).to(logits.dtype)  # (b, t, n) or (m,)
             logits = logits.scatter_add(-1, prev.clamp(max=self.mask_id - 1)[..., None], gate[..., None])
-        logits = rearrange(logits, "b t (h w) v -> b t h w v", h=self.config.grid[0])
+        if where is None:
+            logits = rearrange(logits, "b t (h w) v -> b t h w v", h=self.config.grid[0])
         return (logits, new_cache) if return_cache else logits

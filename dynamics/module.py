@@ -82,12 +82,14 @@ class DynamicsModule(GenieModule):
         inp = tokens.masked_fill(mask, self.model.mask_id)
         # with prev_token_input each frame reads the clean previous frame, as it does when sampling
         prev = torch.cat([torch.full_like(tokens[:, :1], self.model.mask_id), tokens[:, :-1]], dim=1)
-        logits = self.model(inp, actions, prev_tokens=prev)  # (b, t, h, w, v)
+        # logits of the masked positions only (m, v): the loss reads nothing else
+        logits = self.model(inp, actions, prev_tokens=prev, where=mask)
         if not mask.any():  # possible only for tiny clips: keep the graph, contribute nothing
             zero = logits.sum() * 0.0
             return zero, zero.detach()
-        loss = F.cross_entropy(logits[mask].float(), tokens[mask])
-        acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean()
+        target = tokens[mask]
+        loss = F.cross_entropy(logits.float(), target)
+        acc = (logits.detach().argmax(-1) == target).float().mean()
         return loss, acc
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -105,7 +107,10 @@ class DynamicsModule(GenieModule):
         tokens = batch["tokens"]
         inp = tokens.clone()
         inp[:, -1] = self.model.mask_id
-        pred = self.model(inp, batch["actions"])[:, -1].argmax(-1)
-        self.log("val/next_frame_accuracy", (pred == tokens[:, -1]).float().mean(), batch_size=b, sync_dist=True)
+        last = torch.zeros_like(tokens, dtype=torch.bool)
+        last[:, -1] = True
+        pred = self.model(inp, batch["actions"], where=last).argmax(-1)  # (b h w,): the last frame's logits only
+        self.log("val/next_frame_accuracy", (pred == tokens[:, -1].flatten()).float().mean(), batch_size=b,
+                 sync_dist=True)
         self.log("val/copy_last_accuracy", (tokens[:, -2] == tokens[:, -1]).float().mean(), batch_size=b,
                  sync_dist=True)

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from data_pipelines.datamodule import VideoDataModule
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES, stage_list
-from genie.core.training import GenieModule
+from genie.core.training import COMPILE_DEFAULT, GenieModule
 from genie.export import export_module
 from genie.stages import stage_class
 
@@ -97,6 +97,9 @@ class GenieCLI(LightningCLI):
         parser.add_argument("--checkpoint_every", type=Optional[int], default=None,  # noqa: UP045 (a type jsonargparse reads)
                             help="write checkpoints/last.ckpt every N training steps (default: every "
                                  "trainer.val_check_interval steps); resume with --ckpt_path last")
+        parser.add_argument("--compile", type=bool, default=COMPILE_DEFAULT,
+                            help="torch.compile the model's ST blocks (inductor) before training: the same steps, "
+                                 "faster once compiled (benchmarks/results/train_levers_cpu.md)")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand].trainer
@@ -122,5 +125,7 @@ class GenieCLI(LightningCLI):
             "ResumeStateCallback": {"class_path": "genie.core.training.ResumeStateCallback"},
             "ExportCallback": {"class_path": "genie.train.ExportCallback"},
         }
+        if self.config[self.subcommand].get("compile"):
+            defaults["CompileCallback"] = {"class_path": "genie.core.training.CompileCallback"}
         callbacks += [v for k, v in defaults.items() if k not in names]
         cfg.callbacks = callbacks

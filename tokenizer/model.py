@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -126,7 +127,11 @@ class VideoTokenizer(nn.Module):
         p = self.config.patch_size
         if self.stem is not None:
             b = video.shape[0]
-            video = rearrange(self.stem(rearrange(video, "b t c H W -> (b t) c H W")), "(b t) k H W -> b t k H W", b=b)
+            # channels-last: oneDNN's fast layout for convolutions with few channels (the conv stem and head
+            # ran 1.4x faster forward and backward on the 2-core CPU), and pixels (b t) H W k in memory are
+            # already in the (p1 p2 c) order the patches take
+            frames = rearrange(video, "b t c H W -> (b t) c H W").contiguous(memory_format=torch.channels_last)
+            video = rearrange(self.stem(frames), "(b t) k H W -> b t k H W", b=b)
         patches = rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
         x = self.encoder(self.patch_embed(patches))  # (b, t, n, d)
         return self.quantizer(x)
@@ -137,12 +142,13 @@ class VideoTokenizer(nn.Module):
         (h, _), p = self.config.grid, self.config.patch_size
         out = self.decoder(quantized, cache=cache, return_cache=return_cache)
         x, new_cache = out if return_cache else (out, None)
-        pixels = rearrange(
-            self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p
-        )
-        if self.refine is not None:
-            c, b = self.config.channels, pixels.shape[0]
-            flat = rearrange(pixels, "b t c H W -> (b t) c H W")
+        if self.refine is None:
+            pixels = rearrange(self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p)
+        else:
+            c, b = self.config.channels, x.shape[0]
+            # unpatchified channels-last ((b t) H W c in memory, seen as (b t) c H W) for the conv head, as in _encode
+            flat = rearrange(self.to_pixels(x), "b t (h w) (p1 p2 c) -> (b t) (h p1) (w p2) c", h=h, p1=p, p2=p)
+            flat = rearrange(flat, "B H W c -> B c H W")
             pixels = rearrange(flat[:, :c] + self.refine(flat), "(b t) c H W -> b t c H W", b=b)
         return (pixels, new_cache) if return_cache else pixels
 

@@ -21,6 +21,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from genie.core.atomic import atomic_file
 from genie.core.errors import GenieInputError
+from genie.nn import STBlock
 
 
 class GenieModule(L.LightningModule):
@@ -44,7 +45,8 @@ class GenieModule(L.LightningModule):
             # no weight decay on norms, biases, embeddings tables' gains
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas))
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas),
+                                **adamw_kernel(decay + no_decay))
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else \
             int(self.trainer.estimated_stepping_batches)
         sched = get_cosine_with_min_lr_schedule_with_warmup(
@@ -70,6 +72,40 @@ class GenieModule(L.LightningModule):
             raise GenieInputError(f"{dm.hparams.data}: frames are {shape[0]}×{shape[1]}×{shape[2]} (height×width×channels) "
                                   f"but the {self.stage} config expects {size[0]}×{size[1]}×{cfg.channels} "
                                   f"(image_size {cfg.image_size}/channels)")
+
+
+def adamw_kernel(params: list[torch.Tensor]) -> dict:
+    """AdamW keyword arguments that pick its fused kernel (one pass over each parameter instead of a dozen tensor
+    ops per parameter) where every parameter is a plain float tensor on a device that has it (CPU, CUDA);
+    otherwise PyTorch's default. The update is the same up to float rounding."""
+    ok = params and all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                        for p in params)
+    return {"fused": True} if ok else {}
+
+
+# `genie train --compile`'s default, set by the measurements in benchmarks/results/train_levers_cpu.md.
+COMPILE_DEFAULT = False
+
+
+def compile_model(model: torch.nn.Module) -> int:
+    """`torch.compile` (inductor; C++ kernels on CPU) each ST block of `model` in place; returns how many.
+
+    Regional: the blocks of a stack share their code, so one compilation per input shape and mode serves all of
+    them, and the quantizers, embeddings and losses around them (data-dependent code: k-means init, dead-code
+    reset) stay eager. `nn.Module.compile` leaves the state-dict keys alone (no `_orig_mod.`, DESIGN §7.9).
+    """
+    blocks = [m for m in model.modules() if isinstance(m, STBlock)]
+    for block in blocks:
+        block.compile(dynamic=False)
+    return len(blocks)
+
+
+class CompileCallback(Callback):
+    """`genie train --compile true`: compile the model's ST blocks before fitting (`compile_model`)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            compile_model(pl_module.model)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

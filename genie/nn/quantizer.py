@@ -96,14 +96,13 @@ class VectorQuantizer(nn.Module):
     def forward(self, x: Tensor) -> QuantizerOutput:
         """x: (..., d) -> QuantizerOutput with quantized (..., d) and indices (...)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            flat, packed_shape = pack([x.float()], "* d")
+            flat = x.float().flatten(0, -2)  # (N, d); a view (einops' pack copies even one tensor)
             z = self.project_in(flat)  # (N, c)
             # VectorQuantize wants (b, n, c); one sequence of all tokens.
             quantized, indices, loss = self.vq(z[None])
             quantized = self.project_out(quantized[0])  # (N, d)
             indices = indices[0].long()
-        [quantized] = unpack(quantized, packed_shape, "* d")
-        [indices] = unpack(indices, packed_shape, "*")
+        quantized, indices = quantized.unflatten(0, x.shape[:-1]), indices.unflatten(0, x.shape[:-1])
         # .clone(): in eval the library returns its own zero buffer.
         return QuantizerOutput(quantized=quantized, indices=indices, loss=loss.float().clone())
 
@@ -144,15 +143,14 @@ class FiniteScalarQuantizer(nn.Module):
     def forward(self, x: Tensor) -> QuantizerOutput:
         """x: (..., d) -> QuantizerOutput with quantized (..., d) and indices (...)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            flat, packed_shape = pack([x.float()], "* d")
+            flat = x.float().flatten(0, -2)  # (N, d)
             z = self.project_in(flat)  # (N, c)
             # Rounding with a straight-through estimator is value-exact (|z - round(z)| <= 0.5), so
             # these codes equal the grid points that indices_to_codes rebuilds from integers.
             codes, indices = self.fsq(z[None])
             quantized = self.project_out(codes[0])  # (N, d)
             indices = indices[0].long()
-        [quantized] = unpack(quantized, packed_shape, "* d")
-        [indices] = unpack(indices, packed_shape, "*")
+        quantized, indices = quantized.unflatten(0, x.shape[:-1]), indices.unflatten(0, x.shape[:-1])
         return QuantizerOutput(quantized=quantized, indices=indices, loss=self.zero.clone())
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

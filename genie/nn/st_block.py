@@ -59,17 +59,18 @@ class STBlock(nn.Module):
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
     def forward(
-        self, x: Tensor, past_kv: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (b, t, n, d) -> (b, t, n, d), plus temporal (keys, values) over P+t frames."""
+        self, x: Tensor, past_kv: tuple[Tensor, Tensor] | None = None, return_kv: bool = True
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """x: (b, t, n, d) -> (b, t, n, d), plus temporal (keys, values) over P+t frames (None without
+        `return_kv`: a query of a cache that will not grow, which can then skip building them)."""
         b, t = x.shape[:2]
 
         h = rearrange(self.norm_spatial(x), "b t n d -> (b t) n d")
-        h, _ = self.attn_spatial(h, causal=False)
+        h, _ = self.attn_spatial(h, causal=False, return_kv=False)
         x = x + rearrange(h, "(b t) n d -> b t n d", b=b)
 
         h = rearrange(self.norm_temporal(x), "b t n d -> (b n) t d")
-        h, kv = self.attn_temporal(h, causal=self.causal, past_kv=past_kv)
+        h, kv = self.attn_temporal(h, causal=self.causal, past_kv=past_kv, return_kv=return_kv)
         x = x + rearrange(h, "(b n) t d -> b t n d", b=b)
 
         x = x + self.mlp(self.norm_mlp(x))
@@ -164,9 +165,10 @@ class STTransformer(nn.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             past_kv = None if cache is None or num_past == 0 else (cache.keys[i], cache.values[i])
-            x, (k, v) = block(x, past_kv)
-            keys.append(k)
-            values.append(v)
+            x, kv = block(x, past_kv, return_kv=return_cache)
+            if return_cache:
+                keys.append(kv[0])
+                values.append(kv[1])
         x = self.norm(x)
         if return_cache:
             return x, KVCache(tuple(keys), tuple(values))
