@@ -1,9 +1,12 @@
-"""Record Procgen CoinRun with a random policy (Genie App. F) into the genie dataset format.
+"""Record Procgen CoinRun (Genie App. F) into the genie dataset format, with a random policy or a demonstrator.
 
-Hard mode, 64×64 RGB, several environments stepped in parallel through one gym3 vector env. The policy
-draws each of the 15 actions uniformly; by default independently every step (no action repeats), or,
-with `action_repeat` MEAN > 1, each environment keeps its previous action with probability 1 − 1/MEAN per
-step (a geometric hold of mean MEAN steps before the next uniform draw, as a person holds a key).
+Hard mode, 64×64 RGB, several environments stepped in parallel through one gym3 vector env. Policies (`--policy`):
+
+- `random` (the default, Genie App. F) draws each of the 15 actions uniformly; by default independently every
+  step (no action repeats), or, with `action_repeat` MEAN > 1, each environment keeps its previous action with
+  probability 1 − 1/MEAN per step (a geometric hold of mean MEAN steps, as a person holds a key);
+- `search`, a demonstrator worth imitating (Genie §3.3 clones an expert): it looks ahead in the real simulator
+  through Procgen's state save/restore (`SearchExpert`).
 
 Episode boundaries follow gym3's auto-reset exactly: after `act(a)`, `observe()` returns the reward
 for `a` and a `first` flag; when `first` is set, the observation already belongs to the *next* episode
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 import time
 import warnings
 from pathlib import Path
@@ -70,8 +74,10 @@ def _check_action_repeat(action_repeat: float) -> float:
     return m
 
 
-def policy_name(action_repeat: float) -> str:
-    """The dataset card's description of the random policy."""
+def policy_name(action_repeat: float, policy: str = "random") -> str:
+    """The dataset card's description of the recording policy."""
+    if policy == "search":
+        return SearchExpert.DESCRIPTION
     if action_repeat == 1:
         return "uniform random, no action repeats"
     return (f"uniform random with held actions: keep the previous action with probability 1 - 1/{action_repeat:g} "
@@ -91,7 +97,8 @@ class RandomPolicy:
         self.hold_rng = np.random.default_rng([seed, 1])
         self.prev: np.ndarray | None = None
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self, env=None, first: np.ndarray | None = None) -> np.ndarray:
+        """(num_envs,) actions for the current step; the environment and its episode starts are not looked at."""
         actions = self.rng.integers(0, NUM_ACTIONS, size=self.num_envs)
         if self.action_repeat > 1:
             keep = self.hold_rng.random(self.num_envs) < 1.0 - 1.0 / self.action_repeat
@@ -101,9 +108,262 @@ class RandomPolicy:
         return actions
 
 
+# ---- a demonstrator: look-ahead search in the real simulator ----------------------------------------------------
+
+# Procgen CoinRun game constants (coinrun.cpp / basic-abstract-game.cpp): entity type of the agent, grid tile of
+# the goal coin.
+_PLAYER, _GOAL = 0, 1
+# Raw CoinRun actions the demonstrator presses (ACTION_NAMES): the agent only needs these six.
+_LEFT, _LEFT_UP, _NOOP, _UP, _RIGHT, _RIGHT_UP = 1, 2, 4, 5, 7, 8
+
+
+def procgen_positions(state: bytes) -> tuple[float, float, float, float]:
+    """(agent x, agent y, goal x, goal y) in grid units, read from a CoinRun state of `env.get_state()`.
+
+    The state is Procgen's serialisation (game.cpp `Game::serialize`, then basic-abstract-game.cpp): a header of
+    options, seeds and step data, the entity list (the agent first), then per-game fields, then the tile grid.
+    Checked as it is read, so another procgen build with another layout fails with one clear line."""
+    try:
+        o = 4  # version
+        (n,) = struct.unpack_from("<i", state, o)
+        name = state[o + 4:o + 4 + n]
+        o += 4 + n + 4 * 12 + 4 * 5  # name, 12 options, grid_step, level seed low/high, game type, game n
+        for _ in range(2):  # level_seed_rand_gen, rand_gen: is_seeded + a length-prefixed string
+            (n,) = struct.unpack_from("<i", state, o + 4)
+            o += 8 + n
+        o += 4 * 3 + 4 * 12  # step data (reward, done, level complete) and 12 game fields
+        o += 4  # grid_size
+        (count,) = struct.unpack_from("<i", state, o)
+        o += 4
+        ax, ay = struct.unpack_from("<2f", state, o)
+        (kind,) = struct.unpack_from("<i", state, o + 24)
+        o += count * 31 * 4  # entities: 31 four-byte fields each
+        o += 4 * (2 + 3 + 3 + 8 + 3)  # background, char_dim, actions, physics, centre, flags
+        (n,) = struct.unpack_from("<i", state, o + 4)
+        o += 8 + n  # asset_rand_gen
+        o += 4 * (3 + 6)  # main size, out-of-bounds object, unit, view, offsets, visibility
+        w, h, size = struct.unpack_from("<3i", state, o)
+        grid = np.frombuffer(state, dtype="<i4", count=size, offset=o + 12)
+    except (struct.error, ValueError) as e:
+        raise GenieInputError(f"procgen state: not the CoinRun layout this demonstrator reads ({e})") from None
+    goal = np.flatnonzero(grid == _GOAL)
+    if name != b"coinrun" or kind != _PLAYER or w * h != size or len(goal) == 0:
+        raise GenieInputError("procgen state: not the CoinRun layout this demonstrator reads (another procgen build?)")
+    return float(ax), float(ay), float(goal[0] % w) + 0.5, float(goal[0] // w) + 0.5
+
+
+def _candidate_library(horizon: int) -> np.ndarray:
+    """(c, horizon) fixed action sequences, the first the default: hold RIGHT+UP (run right, jumping whenever on the
+    ground; alone it solves about 60% of hard levels). The others deviate from it for a while and then return to
+    it: run without jumping, jump later, wait, back off, jump back, jump in place, steer back or stop in the air."""
+    h, ru = horizon, _RIGHT_UP
+    seqs = [[ru] * h, [_RIGHT] * h]
+    for d in (3, 6, 12):
+        seqs.append([_RIGHT] * d + [ru] * (h - d))
+    for d in (4, 10):
+        seqs.append([_NOOP] * d + [ru] * (h - d))
+        seqs.append([_LEFT] * d + [ru] * (h - d))
+        seqs.append([_LEFT_UP] * d + [ru] * (h - d))
+    seqs.append([_UP] * 6 + [ru] * (h - 6))
+    seqs.append([ru] * 6 + [_LEFT] * (h - 6))
+    seqs.append([ru] * 6 + [_NOOP] * (h - 6))
+    return np.array([q[:h] for q in seqs], np.int32)
+
+
+class SearchExpert:
+    """A CoinRun demonstrator that looks ahead in the real simulator (Procgen's get_state/set_state).
+
+    Every `replan` steps it copies each environment's state into a simulator of `c` environments and plays
+    `c` candidate action sequences of `horizon` steps there: a fixed library (`_candidate_library`: the default,
+    hold RIGHT+UP, and deviations from it) and `random_candidates` held-action sequences. A candidate that reaches
+    the coin wins (the default first, then the earliest, the library before random ones), one that dies loses, and
+    the others are ranked by the agent's distance to the coin at the end, a deviation from the default counting
+    `deviation_margin` tiles farther (a random one 1 more): the demonstrator leaves the default only where that
+    clearly pays, so what it does is a plain function of what it sees and a policy can clone it. It plays the
+    winner's first `replan` actions, or all of it up to the coin. Deterministic: the random candidates of an
+    episode come from a generator seeded by (seed, level seed), so a level is played the same way in any batch.
+    """
+
+    DESCRIPTION = ("search demonstrator: every 8 steps plays hold-RIGHT+UP, 13 deviations from it and 8 random "
+                   "held-action sequences of 32 steps in a copy of the simulator (Procgen state save/restore) and "
+                   "follows the one that reaches the coin, else survives closest to it (deviations 2 tiles behind)")
+
+    def __init__(self, num_envs: int, seed: int, distribution_mode: str = "hard", horizon: int = 32, replan: int = 8,
+                 random_candidates: int = 8, deviation_margin: float = 2.0):
+        if not 1 <= replan <= horizon:
+            raise GenieInputError(f"search demonstrator: replan must be in 1..horizon ({horizon}), got {replan}")
+        self.num_envs, self.seed, self.horizon, self.replan = num_envs, seed, horizon, replan
+        self.random_candidates, self.deviation_margin = random_candidates, deviation_margin
+        self.library = _candidate_library(horizon)
+        self.num_candidates = len(self.library) + random_candidates
+        self.sim = _import_procgen()(num=self.num_candidates, env_name="coinrun", distribution_mode=distribution_mode,
+                                     num_threads=1)
+        self.plans: list[list[int]] = [[] for _ in range(num_envs)]
+        self.rngs: list[np.random.Generator | None] = [None] * num_envs
+        self.sim_steps = 0
+
+    def _random_sequences(self, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty((self.random_candidates, self.horizon), np.int32)
+        moves = np.array([_LEFT, _LEFT_UP, _NOOP, _UP, _RIGHT, _RIGHT_UP], np.int32)
+        for r in range(self.random_candidates):
+            t = 0
+            while t < self.horizon:
+                k = int(rng.geometric(1 / 6))  # held for 6 steps on average
+                out[r, t:t + k] = moves[rng.integers(len(moves))]
+                t += k
+        return out
+
+    def _search(self, state: bytes, i: int) -> list[int]:
+        """The actions to play next in environment i, from its current state."""
+        _, _, gx, gy = procgen_positions(state)
+        cands = np.concatenate([self.library, self._random_sequences(self.rngs[i])])
+        c, lib = len(cands), len(self.library)
+        # preference of each candidate: 0 the default, 1 the library's deviations, 2 random sequences
+        rank = np.where(np.arange(c) == 0, 0, np.where(np.arange(c) < lib, 1, 2))
+        self.sim.set_state([state] * c)
+        score, won_at = np.zeros(c), np.full(c, -1)
+        alive = np.ones(c, bool)
+        for t in range(self.horizon):
+            self.sim.act(cands[:, t])
+            rew, _, first = self.sim.observe()
+            for k in np.flatnonzero(alive & first):  # this candidate's episode ended at step t
+                if rew[k] > 0:  # reached the coin: the most preferred kind, then the earliest
+                    score[k], won_at[k] = 1e7 * (3 - rank[k]) - t, t
+                else:
+                    score[k] = -1e6 + t  # died (or timed out)
+                alive[k] = False
+            if not alive.any():
+                break
+        self.sim_steps += c * (t + 1)
+        if alive.any():
+            states = self.sim.get_state()
+            for k in np.flatnonzero(alive):
+                x, y, _, _ = procgen_positions(states[k])
+                score[k] = -abs(gx - x) - 0.5 * abs(gy - y) - self.deviation_margin * min(rank[k], 1) - (rank[k] == 2)
+        best = int(np.argmax(score))  # ties: the earlier candidate (the library's order)
+        if won_at[best] >= 0:  # commit to the whole way to the coin (the simulator is deterministic)
+            return cands[best, :won_at[best] + 1].tolist()
+        return cands[best, :self.replan].tolist()
+
+    def __call__(self, env, first: np.ndarray) -> np.ndarray:
+        """(num_envs,) raw actions for the current observation of the gym3 `env`; `first` (num_envs,) marks
+        environments whose observation starts a new episode."""
+        if first.any():
+            infos = env.get_info()
+            for i in np.flatnonzero(first):
+                self.plans[i] = []
+                self.rngs[i] = np.random.default_rng([self.seed, int(infos[i]["level_seed"])])
+        need = [i for i in range(self.num_envs) if not self.plans[i]]
+        if need:
+            states = env.get_state()
+            for i in need:
+                if self.rngs[i] is None:  # an environment whose episode start we did not see
+                    self.rngs[i] = np.random.default_rng([self.seed, int(env.get_info()[i]["level_seed"])])
+                self.plans[i] = self._search(states[i], i)
+        return np.array([p.pop(0) for p in self.plans], np.int64)
+
+
+POLICIES = ("random", "search")
+
+
+def make_policy(name: str, num_envs: int, seed: int, action_repeat: float = 1.0, distribution_mode: str = "hard"):
+    """The recording policy `name` (POLICIES) for `num_envs` environments: a callable (env, first) -> actions."""
+    if name == "random":
+        return RandomPolicy(num_envs, seed, action_repeat)
+    if name == "search":
+        if action_repeat != 1:
+            raise GenieInputError("--action-repeat applies to --policy random only")
+        return SearchExpert(num_envs, seed, distribution_mode)
+    raise GenieInputError(f"--policy must be one of {', '.join(POLICIES)}, got {name!r}")
+
+
+class LevelEnv:
+    """CoinRun that plays exactly one episode of each level seed in `levels`, `num_envs` at a time (gym3 style).
+
+    Each slot of one gym3 vector env is loaded with a level's start state (Procgen set_state) and, when its
+    episode ends, with the next level still to play; a slot with none left keeps stepping, ignored. `observe()`
+    returns (reward, rgb frames (num_envs, 64, 64, 3) uint8, first): `first` marks slots whose frame starts a
+    level. `results` lists each finished episode: level, return, steps, success (the coin reached: the episode
+    ended with a positive reward). An episode is cut (a failure) after `max_steps` steps; CoinRun's own limit
+    is 1000. `get_state()`/`get_info()` reach the simulator (the search demonstrator looks ahead through them).
+    """
+
+    def __init__(self, levels: list[int], num_envs: int = 16, distribution_mode: str = "hard", seed: int = 0,
+                 max_steps: int = 1000):
+        if not levels:
+            raise GenieInputError("no levels to play (--num-levels must be >= 1)")
+        if min(levels) < 0:
+            raise GenieInputError("level seeds must be >= 0")
+        self._make = _import_procgen()
+        self.distribution_mode, self.seed, self.max_steps = distribution_mode, seed, max_steps
+        self.num_envs = max(1, min(num_envs, len(levels)))
+        self.env = self._make(num=self.num_envs, env_name="coinrun", distribution_mode=distribution_mode,
+                              start_level=int(levels[0]), num_levels=1, rand_seed=seed, num_threads=1)
+        self.queue = [int(x) for x in levels]
+        self.slot_level: list[int | None] = [None] * self.num_envs
+        self.returns = np.zeros(self.num_envs)
+        self.steps = np.zeros(self.num_envs, np.int64)
+        self.results: list[dict] = []
+        self._first = np.ones(self.num_envs, bool)
+        self._rew = np.zeros(self.num_envs, np.float32)
+        self._load(list(range(self.num_envs)))
+
+    def _start_state(self, level: int) -> bytes:
+        one = self._make(num=1, env_name="coinrun", distribution_mode=self.distribution_mode, start_level=level,
+                         num_levels=1, rand_seed=self.seed, num_threads=1)
+        state = one.get_state()[0]
+        one.close() if hasattr(one, "close") else None
+        return state
+
+    def _load(self, slots: list[int]) -> None:
+        states = self.env.get_state()
+        for i in slots:
+            if self.queue:
+                level = self.queue.pop(0)
+                states[i] = self._start_state(level)
+                self.slot_level[i] = level
+            else:
+                self.slot_level[i] = None
+            self.returns[i], self.steps[i] = 0.0, 0
+        self.env.set_state(states)
+        _, self._ob, _ = self.env.observe()
+        self._first[slots] = True
+
+    @property
+    def done(self) -> bool:
+        return all(level is None for level in self.slot_level)
+
+    def observe(self):
+        return self._rew.copy(), self._ob["rgb"], self._first.copy()
+
+    def get_state(self):
+        return self.env.get_state()
+
+    def get_info(self):
+        return self.env.get_info()
+
+    def act(self, actions: np.ndarray) -> None:
+        self.env.act(np.asarray(actions, np.int32))
+        rew, self._ob, first = self.env.observe()
+        self._rew, self._first = rew, np.zeros(self.num_envs, bool)
+        self.returns += rew
+        self.steps += 1
+        ended = []
+        for i in range(self.num_envs):
+            level = self.slot_level[i]
+            if level is None:
+                continue
+            if first[i] or self.steps[i] >= self.max_steps:
+                self.results.append({"level": level, "return": float(self.returns[i]), "steps": int(self.steps[i]),
+                                     "success": bool(first[i] and rew[i] > 0)})
+                ended.append(i)
+        if ended:
+            self._load(ended)
+
+
 def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int = 0, seed: int = 0,
                     max_steps: int = 1000, num_envs: int = 16, distribution_mode: str = "hard",
-                    action_repeat: float = 1.0, progress: bool = True):
+                    action_repeat: float = 1.0, policy: str = "random", progress: bool = True):
     """Yield `num_episodes` whole CoinRun episodes (an `Episode` each), deterministic in `seed`.
 
     Env i keeps its own first episodes, up to a fixed quota, so the sample is not biased toward short
@@ -111,6 +371,7 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
     are cut to `max_steps` frames (dones stays False: the environment did not end them).
     `action_repeat`: mean hold of each random action in steps (1 = a fresh uniform action every step); the
     hold carries across an environment's episode resets, as the policy does not see them.
+    `policy`: one of POLICIES (`random`, or the `search` demonstrator).
     """
     if num_episodes < 1:
         raise GenieInputError(f"--episodes must be >= 1, got {num_episodes}")
@@ -124,7 +385,7 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
     quota = [num_episodes // num_envs + (1 if i < num_episodes % num_envs else 0) for i in range(num_envs)]
     env = ProcgenGym3Env(num=num_envs, env_name="coinrun", distribution_mode=distribution_mode,
                          start_level=start_level, num_levels=num_levels, rand_seed=seed)
-    policy = RandomPolicy(num_envs, seed, action_repeat)
+    act = make_policy(policy, num_envs, seed, action_repeat, distribution_mode)
     done_count = [0] * num_envs
     cur: list[dict] = [dict(frames=[], actions=[], rewards=[], seed=None, cut=False) for _ in range(num_envs)]
 
@@ -139,7 +400,7 @@ def record_episodes(num_episodes: int, *, start_level: int = 0, num_levels: int 
         cur[i]["seed"] = int(infos[i]["level_seed"])
     while min(d - q for d, q in zip(done_count, quota)) < 0:
         obs = ob["rgb"]
-        actions = policy()
+        actions = act(env, first)
         for i in range(num_envs):
             c = cur[i]
             if done_count[i] < quota[i] and not c["cut"]:
@@ -186,9 +447,16 @@ def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, 
                    seed: int = 0, max_steps: int = 1000, num_envs: int = 16, split: str = "auto",
                    val_fraction: float = 0.05, test_fraction: float = 0.05, overwrite: bool = False,
                    chunk_len: int = DEFAULT_CHUNK_LEN, parquet: bool = False, action_repeat: float = 1.0,
-                   progress: bool = True) -> dict:
-    """Record CoinRun episodes into a dataset folder at `out`; returns a summary dict."""
+                   policy: str = "random", successes_only: bool = False, progress: bool = True) -> dict:
+    """Record CoinRun episodes into a dataset folder at `out`; returns a summary dict.
+
+    `successes_only`: keep only episodes that reached the coin, until `num_episodes` are kept (filtered cloning's
+    data: the random policy's lucky episodes); the summary's `played` counts every episode played."""
     action_repeat = _check_action_repeat(action_repeat)
+    if policy not in POLICIES:
+        raise GenieInputError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy != "random" and action_repeat != 1:
+        raise GenieInputError("--action-repeat applies to --policy random only")
     if split not in ("auto", "train", "val", "test"):
         raise GenieInputError(f"--split must be auto, train, val or test, got {split!r}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -200,8 +468,8 @@ def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, 
         "merged_action": MERGED_ACTION.tolist(),
         "agent_box": dict(AGENT_BOX),
         "recipe": {
-            "env": "procgen coinrun", "distribution_mode": "hard", "policy": policy_name(action_repeat),
-            "action_repeat": action_repeat,
+            "env": "procgen coinrun", "distribution_mode": "hard", "policy": policy_name(action_repeat, policy),
+            "policy_name": policy, "action_repeat": action_repeat, "successes_only": successes_only,
             "episodes": num_episodes, "start_level": start_level, "num_levels": num_levels, "seed": seed,
             "max_steps": max_steps, "num_envs": num_envs, "split": split,
             "val_fraction": val_fraction, "test_fraction": test_fraction,
@@ -209,15 +477,26 @@ def record_coinrun(out: str | Path, num_episodes: int, *, start_level: int = 0, 
         "split_key": "level_seed",
     }
     t0 = time.perf_counter()
-    frames = 0
+    frames = successes = played = 0
     with DatasetWriter(out, overwrite=overwrite, chunk_len=chunk_len, card=card, parquet=parquet) as w:
-        for ep in record_episodes(num_episodes, start_level=start_level, num_levels=num_levels, seed=seed,
-                                  max_steps=max_steps, num_envs=num_envs, action_repeat=action_repeat,
-                                  progress=progress):
+        # filtered: play on (an unbounded quota per environment) until enough episodes reached the coin
+        episodes = record_episodes(num_episodes if not successes_only else 2**40, start_level=start_level,
+                                   num_levels=num_levels, seed=seed, max_steps=max_steps, num_envs=num_envs,
+                                   action_repeat=action_repeat, policy=policy, progress=progress and not successes_only)
+        for ep in episodes:
+            played += 1
+            won = bool(ep.dones[-1] and ep.rewards[-1] > 0)
+            if successes_only and not won:
+                continue
             s = split if split != "auto" else split_of_seed(ep.level_seed, val_fraction, test_fraction)
             w.add_episode(ep, s)
             frames += len(ep)
+            successes += won
+            if successes_only and successes == num_episodes:
+                episodes.close()
+                break
+        w.card["recipe"]["played"] = played
         path = w.close()
     dt = time.perf_counter() - t0
     return {"path": str(path), "episodes": num_episodes, "frames": frames, "seconds": dt, "frames_per_s": frames / dt,
-            "splits": {s: w.stats[s]["episodes"] for s in w.stats if w.stats[s]["episodes"]}}
+            "successes": successes, "played": played, "splits": {s: w.stats[s]["episodes"] for s in w.stats if w.stats[s]["episodes"]}}

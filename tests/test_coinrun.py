@@ -146,3 +146,54 @@ def test_real_coinrun_first_frame_follows_reset():
     assert len(set(seeds)) == 3
     for ep in eps:
         assert ep.dones[-1] or len(ep) == 1000
+
+
+@pytest.mark.skipif(importlib.util.find_spec("procgen") is None, reason="procgen (the [coinrun] extra) not installed")
+def test_search_demonstrator_is_deterministic_and_named_in_the_card(tmp_path):
+    from data_pipelines.storage import read_card
+
+    kw = dict(num_envs=2, seed=3, start_level=1000000, num_levels=50, max_steps=300, policy="search", progress=False)
+    a = list(coinrun.record_episodes(2, **kw))
+    b = list(coinrun.record_episodes(2, **kw))
+    for x, y in zip(a, b):
+        assert np.array_equal(x.actions, y.actions) and np.array_equal(x.frames, y.frames)
+        assert x.dones[-1] and x.rewards[-1] > 0, "the demonstrator did not reach the coin"
+    s = coinrun.record_coinrun(tmp_path / "d", 1, policy="search", num_envs=1, seed=0, start_level=1000000,
+                               num_levels=1, max_steps=300, progress=False)
+    assert s["successes"] == 1
+    recipe = read_card(tmp_path / "d")["recipe"]
+    assert recipe["policy_name"] == "search" and recipe["policy"].startswith("search demonstrator")
+
+
+def test_policy_options_are_checked(tmp_path):
+    from genie.core.errors import GenieInputError
+
+    with pytest.raises(GenieInputError, match="--policy must be one of"):
+        coinrun.record_coinrun(tmp_path / "d", 1, policy="expert", progress=False)
+    with pytest.raises(GenieInputError, match="random only"):
+        coinrun.record_coinrun(tmp_path / "d", 1, policy="search", action_repeat=8, progress=False)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(GenieInputError, match="not the CoinRun layout"):
+        coinrun.procgen_positions(b"\x00" * 64)
+
+
+
+class HalfLostGym3Env(FakeGym3Env):
+    """The fake env, but an episode ending on an even action is lost (reward 0)."""
+
+    def act(self, ac):
+        super().act(ac)
+        self.rew[np.asarray(ac) % 2 == 0] = 0
+
+
+def test_successes_only_keeps_the_episodes_that_reached_the_coin(monkeypatch, tmp_path):
+    monkeypatch.setattr(coinrun, "_import_procgen", lambda: HalfLostGym3Env)
+    s = coinrun.record_coinrun(tmp_path / "d", 6, num_envs=2, seed=0, successes_only=True, val_fraction=0,
+                               test_fraction=0, progress=False)
+    assert s["successes"] == 6 and s["played"] > 6
+    ds = ClipDataset(tmp_path / "d", "train", clip_len=2)
+    eps = [ds.episode(e) for e in range(ds.num_episodes)]
+    assert len(eps) == 6 and all(ep.dones[-1] and ep.rewards[-1] > 0 for ep in eps)
+    from data_pipelines.storage import read_card
+
+    assert read_card(tmp_path / "d")["recipe"]["played"] == s["played"]
