@@ -7,7 +7,7 @@ results are identical.
 
 How the dynamics stage uses them (and why the two halves agree):
 - Training: `training_mask(tokens.shape, generator=g, keep_first_frames=1)` masks the tokens of
-  frames 1..T-1 at a rate drawn per sample from U(0.5, 1) (DESIGN §7.7) and keeps frame 0 clean;
+  frames 1..T-1 at a rate drawn per sample from U(0.5, 1) (architecture §7.7) and keeps frame 0 clean;
   the loss is cross-entropy over the masked positions. Frame 0 is always a clean prompt at
   sampling time and is never generated, so it is never a target.
 - Sampling: frame t+1 starts fully masked and `maskgit_decode` fills it in `steps` rounds, the
@@ -84,16 +84,14 @@ def training_mask(
     rate_low: float = 0.5,
     rate_high: float = 1.0,
     generator: torch.Generator | None = None,
-    mode: str = "bernoulli",
     keep_first_frames: int = 0,
     device: torch.device | str | None = None,
     clean_prefix_prob: float = 0.0,
 ) -> Tensor:
-    """Boolean mask (True = replace by MASK) with one mask rate per sample (DESIGN §7.7).
+    """Boolean mask (True = replace by MASK) with one mask rate per sample (architecture §7.7).
 
     shape: (b, ...), e.g. (b, t, h, w) or (b, n). Each sample draws r ~ U(rate_low, rate_high)
-    (Genie §2.3: U(0.5, 1)); "bernoulli" masks each token with probability r, "exact" masks
-    exactly round(r * m) tokens at random, m being the sample's maskable tokens.
+    (Genie §2.3: U(0.5, 1)) and masks each of its tokens with probability r.
     keep_first_frames: for (b, t, ...) shapes, frames 0..keep_first_frames-1 are never masked
     and the rate applies to the remaining frames (the dynamics stage uses 1: frame 0 is context).
     clean_prefix_prob: for (b, t, ...) shapes, each sample with this probability also leaves frames
@@ -107,8 +105,6 @@ def training_mask(
         raise ValueError(f"shape must be (b, ...) with at least 2 dims, got {shape}")
     if not 0.0 <= rate_low <= rate_high <= 1.0:
         raise ValueError(f"need 0 <= rate_low <= rate_high <= 1, got rate_low={rate_low}, rate_high={rate_high}")
-    if mode not in ("bernoulli", "exact"):
-        raise ValueError(f"mode must be 'bernoulli' or 'exact', got {mode!r}")
     if keep_first_frames < 0 or (keep_first_frames > 0 and (len(shape) < 3 or keep_first_frames > shape[1])):
         raise ValueError(f"keep_first_frames ({keep_first_frames}) must be in [0, t] for a (b, t, ...) shape, got {shape}")
     if not 0.0 <= clean_prefix_prob <= 1.0:
@@ -125,15 +121,7 @@ def training_mask(
 
     rates = rate_low + (rate_high - rate_low) * torch.rand(b, generator=generator, device=device)  # (b,)
     scores = torch.rand(b, m, generator=generator, device=device)  # (b, m)
-    if mode == "bernoulli":
-        flat = scores < rates[:, None]
-    else:
-        count = torch.round(rates * m).long()  # (b,)
-        # The `count` smallest scores per row are masked: a uniform random subset of that size.
-        ranks = torch.empty_like(scores, dtype=torch.long)
-        ranks.scatter_(1, scores.argsort(dim=1), torch.arange(m, device=scores.device).expand(b, m))
-        flat = ranks < count[:, None]
-    mask = flat.reshape(maskable_shape)
+    mask = (scores < rates[:, None]).reshape(maskable_shape)
     if kept_shape is not None:
         mask = torch.cat([torch.zeros(kept_shape, dtype=torch.bool, device=mask.device), mask], dim=1)
     if clean_prefix_prob > 0:
@@ -165,24 +153,21 @@ def maskgit_decode(
     choice_temperature: float = 4.5,
     unmask: str = "confidence",
     generator: torch.Generator | None = None,
-    init_tokens: Tensor | None = None,
     schedule: Callable[[float], float] = cosine_schedule,
     device: torch.device | str | None = None,
-    return_history: bool = False,
-) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Fill masked tokens by MaskGIT iterative decoding (Chang et al. 2022, Alg. 1; Genie §2.3).
+) -> Tensor:
+    """Fill `batch_size` frames of `num_tokens` tokens, all masked at the start, by MaskGIT iterative
+    decoding (Chang et al. 2022, Alg. 1; Genie §2.3).
 
     logits_fn: current tokens (b, n) int64, MASK = `mask_id` -> logits (b, n, v). Called once
-        per step; it must not depend on hidden state that changes between calls.
-    init_tokens: (b, n) starting tokens with `mask_id` where unknown (default: all masked, b =
-        `batch_size`). Tokens that are not masked at the start never change.
+        per step; it must not depend on hidden state that changes between calls. The tokens it is
+        given at step k are the loop's state after step k-1 (the tests read the loop through it).
     Each step k of K: sample a token at every masked position from softmax(logits / temperature)
     (temperature 0: argmax); score it — "confidence": log p(token) plus Gumbel noise scaled by
     choice_temperature * (1 - (k+1)/K), annealed to 0 as in MaskGIT; "random": uniform noise,
     a random order — and keep the best-scored ones so that exactly `masked_counts(N, K)[k]` stay
-    masked; the rest return to MASK. After step K-1 no token is masked.
-    Returns tokens (b, n) int64, or (tokens, history) with `return_history`, history holding the
-    (b, n) tokens after each step. Draws come from `generator` (its device must match logits').
+    masked; the rest return to MASK; a token once unmasked never changes. After step K-1 no token is
+    masked. Returns tokens (b, n) int64. Draws come from `generator` (its device must match logits').
     """
     if unmask not in UNMASK_RULES:
         raise ValueError(f"unmask must be one of {UNMASK_RULES}, got {unmask!r}")
@@ -190,19 +175,13 @@ def maskgit_decode(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if choice_temperature < 0:
         raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
-    if init_tokens is None:
-        if device is None:
-            device = generator.device if generator is not None else torch.device("cpu")
-        tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
-    else:
-        if init_tokens.ndim != 2 or init_tokens.shape[1] != num_tokens:
-            raise ValueError(f"init_tokens must be (b, {num_tokens}), got {tuple(init_tokens.shape)}")
-        tokens = init_tokens.long().clone()
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
     b, n = tokens.shape
-    counts = masked_counts((tokens == mask_id).sum(dim=1).cpu(), steps, schedule).to(tokens.device)  # (b, K)
+    counts = masked_counts(n, steps, schedule).to(tokens.device)  # (K,): every row starts with n masked
     positions = torch.arange(n, device=tokens.device).expand(b, n)
 
-    history = []
     for k in range(steps):
         masked = tokens == mask_id  # (b, n)
         logits = logits_fn(tokens)  # (b, n, v)
@@ -232,8 +211,6 @@ def maskgit_decode(
         sampled[where] = picked
         ranks = torch.empty_like(positions)
         ranks.scatter_(1, score.argsort(dim=1, stable=True), positions)
-        stay_masked = ranks < counts[:, k : k + 1]  # (b, n)
+        stay_masked = ranks < counts[k]  # (b, n)
         tokens = torch.where(masked & ~stay_masked, sampled, tokens)
-        if return_history:
-            history.append(tokens.clone())
-    return (tokens, history) if return_history else tokens
+    return tokens
