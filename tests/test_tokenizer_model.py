@@ -140,17 +140,6 @@ def test_encode_and_reconstruction_are_causal(overrides):
     assert (out_perturbed.recon[:, 2] - out.recon[:, 2]).abs().max() > 1e-4
 
 
-@VARIANTS
-def test_incremental_decode_with_cache_equals_full_decode(overrides):
-    model = make_tokenizer(**overrides).eval()
-    ids = torch.randint(0, model.codebook_size, (2, 4, 8, 8))
-    with torch.no_grad():
-        full = model.decode(ids)
-        first, cache = model.decode(ids[:, :3], return_cache=True)
-        last = model.decode(ids[:, 3:], cache=cache)
-    torch.testing.assert_close(torch.cat([first, last], dim=1), full, atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize("conv_channels", [0, 8])
 def test_few_step_overfit_lowers_reconstruction_loss(conv_channels):
     model = make_tokenizer(conv_channels=conv_channels)

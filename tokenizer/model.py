@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from genie.nn import KVCache, QuantizerOutput, STTransformer, build_quantizer
+from genie.nn import QuantizerOutput, STTransformer, build_quantizer
 from tokenizer.config import TokenizerConfig
 
 
@@ -136,12 +136,9 @@ class VideoTokenizer(nn.Module):
         x = self.encoder(self.patch_embed(patches))  # (b, t, n, d)
         return self.quantizer(x)
 
-    def _decode_tokens(
-        self, quantized: Tensor, cache: KVCache | None = None, return_cache: bool = False
-    ) -> Tensor | tuple[Tensor, KVCache]:
+    def _decode_tokens(self, quantized: Tensor) -> Tensor:
         (h, _), p = self.config.grid, self.config.patch_size
-        out = self.decoder(quantized, cache=cache, return_cache=return_cache)
-        x, new_cache = out if return_cache else (out, None)
+        x = self.decoder(quantized)  # (b, t, n, d)
         if self.refine is None:
             pixels = rearrange(self.to_pixels(x), "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=h, p1=p, p2=p)
         else:
@@ -150,7 +147,7 @@ class VideoTokenizer(nn.Module):
             flat = rearrange(self.to_pixels(x), "b t (h w) (p1 p2 c) -> (b t) (h p1) (w p2) c", h=h, p1=p, p2=p)
             flat = rearrange(flat, "B H W c -> B c H W")
             pixels = rearrange(flat[:, :c] + self.refine(flat), "(b t) c H W -> b t c H W", b=b)
-        return (pixels, new_cache) if return_cache else pixels
+        return pixels
 
     def forward(self, video: Tensor) -> TokenizerOutput:
         """video (b, t, c, H, W) in [-1, 1], t <= num_frames -> TokenizerOutput."""
@@ -166,17 +163,14 @@ class VideoTokenizer(nn.Module):
         indices = self._encode(video).indices
         return rearrange(indices, "b t (h w) -> b t h w", h=self.config.grid[0])
 
-    def decode(
-        self, ids: Tensor, cache: KVCache | None = None, return_cache: bool = False
-    ) -> Tensor | tuple[Tensor, KVCache]:
+    def decode(self, ids: Tensor) -> Tensor:
         """token ids (b, t, h, w) -> video (b, t, c, H, W).
 
-        In eval mode equals `forward(video).recon` for ids = `encode(video)`. For frame-by-frame
-        generation pass the decoder `cache` of earlier frames and only the new frames' ids; with
-        `return_cache=True` the result is (video, cache including the new frames).
+        In eval mode equals `forward(video).recon` for ids = `encode(video)`. No KV cache: the decoder's
+        temporal positions are absolute, so once a rollout passes `num_frames` every new frame is decoded from
+        the window that ends at it (`genie.sampling.decode_tokens`); a cache would serve only a session's
+        first `num_frames - 1` frames, and only up to float rounding.
         """
         self._check_ids(ids)
-        if cache is not None:
-            self._check_frames(cache.num_frames + ids.shape[1])
         quantized = self.quantizer.indices_to_codes(rearrange(ids, "b t h w -> b t (h w)"))
-        return self._decode_tokens(quantized, cache=cache, return_cache=return_cache)
+        return self._decode_tokens(quantized)
