@@ -89,9 +89,14 @@ class GenieCLI(LightningCLI):
     """LightningCLI whose logs, checkpoints and export all live under `trainer.default_root_dir`.
 
     Unless the YAML names its own: TensorBoard + CSV loggers, a ModelCheckpoint that keeps
-    `last.ckpt` (so `--ckpt_path last` resumes) every validation interval, throughput logging,
-    and the export at the end of fitting.
+    `last.ckpt` (so `--ckpt_path last` resumes) every validation interval, throughput logging, a line per
+    validation when stdout is not a terminal, and the export at the end of fitting.
     """
+
+    def parse_arguments(self, parser, args) -> None:
+        # `args` is the one source: the `genie` command (or quickstart) already parsed sys.argv and hands on the
+        # rest, so Lightning's warning against giving both args and command-line arguments does not apply
+        self.config = parser.parse_args(args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--checkpoint_every", type=Optional[int], default=None,  # noqa: UP045 (a type jsonargparse reads)
@@ -122,6 +127,7 @@ class GenieCLI(LightningCLI):
             "LearningRateMonitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                                     "init_args": {"logging_interval": "step"}},
             "ThroughputCallback": {"class_path": "genie.core.training.ThroughputCallback"},
+            "ValidationLineCallback": {"class_path": "genie.core.training.ValidationLineCallback"},
             "ResumeStateCallback": {"class_path": "genie.core.training.ResumeStateCallback"},
             "ExportCallback": {"class_path": "genie.train.ExportCallback"},
         }

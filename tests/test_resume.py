@@ -1,8 +1,8 @@
 """Nothing lost on a kill: a run killed mid-training and resumed with `--ckpt_path last` is the unbroken run.
 
 For each stage (debug presets, CPU, fp32): one unbroken run of 12 steps against a run killed after
-step 5 (a test hook that SIGKILLs the process, or a real SIGKILL from outside at a random moment)
-and resumed from its last checkpoint (every 2 steps) to 12. The data has 5 batches per epoch, so the
+step 5 (a callback of the tests', `tests/power_cut.py`, that SIGKILLs the process, or a real SIGKILL from
+outside at a random moment) and resumed from its last checkpoint (every 2 steps) to 12. The data has 5 batches per epoch, so the
 resumed runs restart mid-epoch and cross epoch boundaries; validation runs every 4 steps. Final
 weights and every logged train loss must be bitwise equal.
 """
@@ -101,7 +101,8 @@ def unbroken(data, tmp_path_factory):
 @pytest.mark.parametrize("stage", ["tokenizer", "lam", "dynamics"])
 def test_killed_at_step_5_and_resumed_is_the_unbroken_run(stage, data, unbroken, tmp_path):
     root = tmp_path / "run"
-    p = _run(_cmd(stage, data[stage], root), GENIE_TEST_KILL_AT_STEP="5")
+    p = _run(_cmd(stage, data[stage], root, "--trainer.callbacks+=tests.power_cut.KillAtStep",
+                  "--trainer.callbacks.step=5"))
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert not (root / "export").exists()
     # the last checkpoint is from step 4, so step 4 is replayed from the restored RNG and data position

@@ -72,6 +72,11 @@ def test_fast_dev_run_every_yaml(tmp_path, video64, stage, config):
 def test_train_resume_and_export(tmp_path, video64):
     p = _train(tmp_path, video64, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3")
     assert p.returncode == 0, p.stderr[-3000:]
+    # stdout is a pipe here: one line per validation, and no warning about how the CLI was invoked
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("tokenizer step ")]
+    assert [ln.split()[2] for ln in lines] == ["3/6", "6/6"], p.stdout[-3000:]
+    assert all("train/loss" in ln and "val/psnr" in ln and ln.endswith("steps/s") for ln in lines), lines
+    assert "args parameter" not in p.stderr, p.stderr[-3000:]
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 6

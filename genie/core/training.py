@@ -1,16 +1,16 @@
 """The training base every stage builds on: `GenieModule` (optimiser, schedule, data checks) and the callbacks.
 
 The stages' LightningModules subclass `GenieModule`: AdamW with linear warmup + cosine decay (transformers'
-schedule), no weight decay on norms and biases, and a clear error when the data does not fit the model.
-The callbacks write checkpoints atomically, log throughput and make `--ckpt_path last` resume the very run
-that was killed. The runner that composes them with the data (`genie train`) is `genie.train`.
+schedule), weight decay on matrices and embedding tables only (none on biases, norms or other 1-D parameters),
+and a clear error when the data does not fit the model. The callbacks write checkpoints atomically, log
+throughput and make `--ckpt_path last` resume the very run that was killed. The runner that composes them
+with the data (`genie train`) is `genie.train`.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import signal
+import sys
 import time
 
 import lightning as L
@@ -42,7 +42,8 @@ class GenieModule(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            # no weight decay on norms, biases, embeddings tables' gains
+            # decay only tensors of 2+ dims (weight matrices, embedding tables, positional embeddings); 1-D ones
+            # (biases, norm gains and shifts, the LAM's mask token, the dynamics' no-action vector) keep theirs
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas),
@@ -92,7 +93,7 @@ def compile_model(model: torch.nn.Module) -> int:
 
     Regional: the blocks of a stack share their code, so one compilation per input shape and mode serves all of
     them, and the quantizers, embeddings and losses around them (data-dependent code: k-means init, dead-code
-    reset) stay eager. `nn.Module.compile` leaves the state-dict keys alone (no `_orig_mod.`, DESIGN §7.9).
+    reset) stay eager. `nn.Module.compile` leaves the state-dict keys alone (no `_orig_mod.`, architecture §7.9).
     """
     blocks = [m for m in model.modules() if isinstance(m, STBlock)]
     for block in blocks:
@@ -146,6 +147,30 @@ class ThroughputCallback(Callback):
             self._frames, self._t_last = 0, now
 
 
+class ValidationLineCallback(Callback):
+    """One line on stdout per validation when stdout is not a terminal (a log file, a pipe, `genie quickstart`'s
+    output), where the progress bar shows nothing readable: the step, the train loss, the validation metrics the
+    stage shows in its progress bar and the training steps/s since the previous line."""
+
+    def __init__(self):
+        self._since = None  # (global_step, time) of the previous line
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._since = (trainer.global_step, time.perf_counter())
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._since is None or sys.stdout.isatty():
+            return
+        step, now = trainer.global_step, time.perf_counter()
+        of = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k == "train/loss"}
+        metrics.update((k, v) for k, v in trainer.progress_bar_metrics.items() if k.startswith("val/"))
+        shown = "  ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+        rate = (step - self._since[0]) / max(now - self._since[1], 1e-9)
+        print(f"{pl_module.stage} step {step}{of}  {shown}  {rate:.2f} steps/s", flush=True)
+        self._since = (step, now)
+
+
 def rng_states() -> dict:
     """Every random stream training draws from: python `random`, numpy's global, torch CPU and CUDA."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -195,8 +220,6 @@ class ResumeStateCallback(Callback):
             logger.save()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if os.environ.get("GENIE_TEST_KILL_AT_STEP") == str(trainer.global_step):  # test hook: a power cut
-            os.kill(os.getpid(), signal.SIGKILL)
         if self._to_restore is not None:
             set_rng_states(self._to_restore)
             self._to_restore = None
