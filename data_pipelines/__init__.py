@@ -1,6 +1,6 @@
 """Data: CoinRun recording, video-folder import, on-disk storage, clip datasets and the DataModule.
 
-Imports no model package (DESIGN §3). The DataModule lives in `data_pipelines.datamodule` (imports Lightning).
+Imports no model package (architecture §3). The DataModule lives in `data_pipelines.datamodule` (imports Lightning).
 """
 
 from data_pipelines.clips import (

@@ -16,7 +16,7 @@ Row schema (one per chunk of at most `chunk_len` consecutive frames of one episo
     height, width, channels  int32
     frames      binary   raw uint8 bytes, layout (n, H, W, c), RGB (token datasets: uint16 ids, (n, h, w, 1))
     actions     list<int16>  length n: actions[j] is the action taken at frame offset+j, i.e. *between*
-                         frame offset+j and offset+j+1 (DESIGN §4). The episode's last frame carries the
+                         frame offset+j and offset+j+1 (architecture §4). The episode's last frame carries the
                          action that ended the episode (it has no next frame in the episode). -1 = unknown.
     rewards     list<float32> length n: reward received for actions[j]
     dones       list<bool>   length n: True only on the last frame of an episode the environment ended

@@ -7,7 +7,7 @@ earlier. Training (teacher forcing) masks tokens at a per-sample rate ~ U(0.5, 1
 masked positions with cross-entropy; sampling fills a fully masked frame t+1 with the MaskGIT loop
 (`dynamics.maskgit.maskgit_decode`) given the clean frames <= t and the action a_t.
 
-Action alignment (DESIGN §4): `actions[:, i]` is the action taken between frames i and i+1. It
+Action alignment (architecture §4): `actions[:, i]` is the action taken between frames i and i+1. It
 conditions frame i+1, the frame it leads to; frame 0 gets a learned "no action" embedding.
 
 With `prev_token_input` every position of frame i also gets the embedding of the clean token at the same

@@ -2,9 +2,9 @@
 
 Batches come from a token dataset (`genie tokenize --tokenizer T --lam L`): tokens (b,t,h,w) and the
 LAM's latent actions (b,t-1), so the frozen tokenizer and LAM run once per frame at tokenisation
-time, never inside this optimiser (DESIGN §7.8: no frozen model in train mode, in the optimiser or
+time, never inside this optimiser (architecture §7.8: no frozen model in train mode, in the optimiser or
 receiving gradients). Genie §2.3: each sample masks frames 1..t-1 at its own rate ~ U(0.5, 1)
-(DESIGN §7.7); frame 0 stays clean, as the prompt does at sampling time. `clean_context_prob` > 0
+(architecture §7.7); frame 0 stays clean, as the prompt does at sampling time. `clean_context_prob` > 0
 also leaves a random prefix of frames clean in that share of the samples, so the model practises
 predicting a frame from a clean past, as it does when sampling.
 Validation logs, besides the masked-token loss/accuracy under the training masks (fixed seeds), the

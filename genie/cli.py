@@ -1,6 +1,6 @@
 """The `genie` command (also `python -m genie`).
 
-Subcommands (DESIGN §5): `data coinrun|import|info`, `train`, `tokenize`, `export`, `generate`, `assemble`,
+Subcommands (architecture §5): `data coinrun|import|info`, `train`, `tokenize`, `export`, `generate`, `assemble`,
 `evaluate`, `probe`, `ground`, `quickstart`, `play`, `agent train|eval|report`. Bad input raises GenieInputError
 anywhere below; it is printed as one line on stderr with exit code 2. Each subcommand's module is imported when
 that subcommand runs, so `genie --help` or `genie data info` does not load torch, Lightning and transformers
@@ -274,7 +274,7 @@ def _cmd_agent_report(a: argparse.Namespace) -> None:
 
 # Options several commands share, declared once; a command may give its own default, choices or help.
 SHARED_OPTIONS = {
-    "--device": dict(default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N"),  # DESIGN §5
+    "--device": dict(default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N"),  # architecture §5
     "--seed": dict(type=int, default=0, help="same seed → same output"),
     "--steps": dict(type=int, default=25, help="MaskGIT steps per generated frame"),
     "--split": dict(default=None, choices=list(SPLITS),
@@ -290,7 +290,7 @@ def add_option(q: argparse.ArgumentParser, name: str, **changes) -> None:
 
 
 def add_device(q: argparse.ArgumentParser) -> None:
-    """`--device auto|cpu|cuda[:N]` (DESIGN §5) for a command that runs a model."""
+    """`--device auto|cpu|cuda[:N]` (architecture §5) for a command that runs a model."""
     add_option(q, "--device")
 
 

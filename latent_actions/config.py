@@ -26,7 +26,7 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     size of the VQ codebook, i.e. the latent-action vocabulary `a` users pick from when playing;
     `num_frames` is the longest clip (frames, so at most `num_frames - 1` actions).
 
-    `decoder_mask_ratio` is the guard against a decoder that ignores the action (DESIGN §7.6): in
+    `decoder_mask_ratio` is the guard against a decoder that ignores the action (architecture §7.6): in
     train mode each sample replaces a fraction ~U(0, decoder_mask_ratio) of the decoder's input
     context patches by a learned mask token. 0 turns it off; eval mode never masks. The default is
     a moderate guess, not yet measured on CoinRun; on synthetic sprites (where the past says

@@ -10,7 +10,7 @@ encoder (to label videos for the dynamics model). Pixel input throughout (Genie 
 The encoder reads each frame's patches together with their difference from the previous frame,
 and pools frame t+1's output tokens (attention pooling) into the latent of transition t.
 
-Causality (DESIGN §7.2, §7.6):
+Causality (architecture §7.2, §7.6):
 - encoder: causal temporal attention by default, and a_t is read from frame t+1's tokens, so a_t
   depends on frames <= t+1 only. With `encoder_causal: false` the encoder's temporal attention is
   bidirectional and a_t may read the whole clip (a multi-step inverse model, LAOM); allowed because
@@ -195,13 +195,13 @@ class LatentActionModel(nn.Module):
         x = self.decoder_patch_embed(patches)  # (b, t, n, d)
         ratio = self.config.decoder_mask_ratio
         if self.training and ratio > 0:
-            # Anti-ignore guard (DESIGN §7.6). With the full past visible, a decoder can predict
+            # Anti-ignore guard (architecture §7.6). With the full past visible, a decoder can predict
             # most of x_{t+1} (static background, momentum of moving objects) without a_t; the
             # tiny action codes then carry little gradient signal and collapse to one or two ids.
             # Hiding a random fraction of the context patches behind a learned mask token makes the
             # past an unreliable source: where the object and its surroundings are masked, the
             # decoder must lean on what else it is given — a_t — to place what moved. Each sample
-            # draws its own rate ~U(0, ratio) (DESIGN §7.7: one rate per batch is noisy), so the
+            # draws its own rate ~U(0, ratio) (architecture §7.7: one rate per batch is noisy), so the
             # decoder also trains on nearly unmasked contexts like those of eval mode, where this
             # never runs. The target frames are never masked.
             b, t, n = x.shape[:3]

@@ -1,4 +1,4 @@
-"""The device contract (DESIGN §4, §7.11): `--device` resolution, generators on the data's device, clear errors."""
+"""The device contract (architecture §4, §7.11): `--device` resolution, generators on the data's device, clear errors."""
 
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ def test_shapes_and_input_checks(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("frame", [1, 2, 3])
 def test_future_tokens_do_not_change_the_past(mode, frame):
-    # DESIGN §7.2: changing frame t+1 (and later) leaves every output at <= t unchanged.
+    # architecture §7.2: changing frame t+1 (and later) leaves every output at <= t unchanged.
     model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
     perturbed = tokens.clone()
@@ -144,7 +144,7 @@ def test_future_tokens_do_not_change_the_past(mode, frame):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("t", [0, 1, 2])
 def test_action_a_t_conditions_frame_t_plus_1_only(mode, t):
-    # DESIGN §7.1: a_t (between frames t and t+1) moves the logits of frame t+1 — already at init —
+    # architecture §7.1: a_t (between frames t and t+1) moves the logits of frame t+1 — already at init —
     # and of nothing earlier.
     model = make_model(**mode_config(mode))
     tokens, actions = random_clip(model.config)
@@ -177,7 +177,7 @@ def test_cached_incremental_forward_equals_full_forward(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_overfit_two_clips_then_maskgit_rollout_reproduces_them(mode):
     # Two clips share frame 0 and differ from frame 1 on, as do their actions: only a_0 tells
-    # which frame 1 to generate (DESIGN §7.1). Teacher-forced masked CE at per-sample rates
+    # which frame 1 to generate (architecture §7.1). Teacher-forced masked CE at per-sample rates
     # (frame 0 kept as context), then frames 1..T-1 generated frame by frame from frame 0 with
     # each clip's true actions, through the KV cache.
     torch.manual_seed(0)

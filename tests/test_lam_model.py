@@ -1,5 +1,5 @@
 """Latent action model: config, shapes, causality (no leak of x_{t+1}), the anti-ignore guard, and a
-short training on a synthetic sprite world where the true actions are known (DESIGN §7.1, §7.2, §7.6)."""
+short training on a synthetic sprite world where the true actions are known (architecture §7.1, §7.2, §7.6)."""
 
 import json
 import math
@@ -31,7 +31,7 @@ def sprite_video(
     """A bright square on a dark background, moved by `step` pixels per frame by a random action.
 
     Returns video (b, t, 3, size, size) in [-1, 1] and actions (b, t-1), where actions[:, i] moved the
-    square from frame i to frame i+1 (DESIGN §4). The world wraps around, so every action is possible
+    square from frame i to frame i+1 (architecture §4). The world wraps around, so every action is possible
     everywhere and the square's position says nothing about the action.
     """
     g = torch.Generator().manual_seed(seed)
@@ -168,7 +168,7 @@ def test_decode_with_inferred_actions_equals_forward():
 
 
 def test_decoder_never_sees_the_frame_it_predicts():
-    """DESIGN §7.6: with actions fixed, the prediction of x_{t+1} must not depend on x_{t+1} (or later)."""
+    """architecture §7.6: with actions fixed, the prediction of x_{t+1} must not depend on x_{t+1} (or later)."""
     model = make_lam().eval()
     video = random_video(2, 4)
     actions = torch.tensor([[1, 5, 2], [7, 0, 3]])
@@ -292,7 +292,7 @@ def test_decoder_depends_on_the_action(trained_on_sprites):
 
 
 def test_latent_actions_align_with_true_actions(trained_on_sprites):
-    """DESIGN §7.1: the code inferred at transition t is the move between frames t and t+1."""
+    """architecture §7.1: the code inferred at transition t is the move between frames t and t+1."""
     model, _, actions, inferred = trained_on_sprites
     accuracy = majority_accuracy(inferred, actions, model.num_actions, len(MOVES))
     nmi = normalized_mutual_information(inferred, actions)

@@ -1,4 +1,4 @@
-"""The layers of DESIGN §3, pinned from the source: imports point down only, and one registry lists the stages.
+"""The layers of architecture §3, pinned from the source: imports point down only, and one registry lists the stages.
 
     application   genie/*.py (world model, sampling, export, tokenize, evaluate, action atlas, quickstart, play, cli)
     stages | data tokenizer/  latent_actions/  dynamics/  |  data_pipelines/   (no imports between these four)
@@ -78,7 +78,7 @@ ALLOWED = {
 
 def test_imports_point_down_only():
     upward = [f"{file}:{line}: {src} imports {dst}" for src, dst, file, line in edges() if dst not in ALLOWED[src]]
-    assert not upward, "imports against the layering (DESIGN §3):\n" + "\n".join(upward)
+    assert not upward, "imports against the layering (architecture §3):\n" + "\n".join(upward)
 
 
 def test_the_core_is_a_folder():

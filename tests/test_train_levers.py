@@ -82,7 +82,7 @@ def test_compile_model_keeps_state_dict_keys():
     model = VideoTokenizer(TokenizerConfig.preset("debug"))
     keys = list(model.state_dict())
     assert compile_model(model) == 2  # one encoder and one decoder block
-    assert list(model.state_dict()) == keys  # no `_orig_mod.` (DESIGN §7.9): exports and checkpoints unchanged
+    assert list(model.state_dict()) == keys  # no `_orig_mod.` (architecture §7.9): exports and checkpoints unchanged
 
 
 def test_one_new_frame_against_a_cache_without_building_the_next_cache():

@@ -7,7 +7,7 @@
 - **oracle BC**: the same policy on the same frames, trained on the true actions (merged into the card's classes).
 
 The policy reads the previous and the current frame and predicts the action taken at the current one (the one
-that moves it to the next frame; DESIGN §4's alignment). Both agents use the same transitions (an episode's last
+that moves it to the next frame; architecture §4's alignment). Both agents use the same transitions (an episode's last
 frame, with no next frame for the LAM to read, is left out of both).
 """
 

@@ -1,4 +1,4 @@
-"""The core: what the three stages and `data_pipelines` build on (DESIGN §3).
+"""The core: what the three stages and `data_pipelines` build on (architecture §3).
 
 errors, the atomic-write helper, the config base, metrics, device helpers, the one stage registry, and
 the training base class with its callbacks; `genie.nn` holds the network primitives. Nothing here

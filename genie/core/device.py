@@ -1,9 +1,9 @@
-"""Device choice for the commands that run a model (DESIGN §5: `--device auto|cpu|cuda[:N]`).
+"""Device choice for the commands that run a model (architecture §5: `--device auto|cpu|cuda[:N]`).
 
 `resolve_device` turns the user's string into a `torch.device`, or raises one clear
 `GenieInputError` naming the flag and the problem (CUDA asked for but absent, an index out of
 range, a string that is not a device). Random generators are made with `generator_for`, on the
-device of the tensors they draw for (DESIGN §7.11).
+device of the tensors they draw for (architecture §7.11).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one list of genie's stages (DESIGN §3), as data: names and module paths, never imports.
+"""The one list of genie's stages (architecture §3), as data: names and module paths, never imports.
 
 The core must not reach a stage, so the classes are named by "module:Class" strings; the application
 resolves them (`genie.stages`). Each stage's `name` is what the command line, the export folder of a

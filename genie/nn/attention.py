@@ -15,7 +15,7 @@ from torch import Tensor, nn
 class LayerNorm(nn.LayerNorm):
     """LayerNorm that always normalises in fp32 and returns the input dtype.
 
-    DESIGN §4 keeps norms in fp32 under bf16 autocast; CPU autocast does not upcast layer_norm on
+    architecture §4 keeps norms in fp32 under bf16 autocast; CPU autocast does not upcast layer_norm on
     its own, so do it explicitly.
     """
 

@@ -2,7 +2,7 @@
 
 Two implementations, chosen by a config string (`build_quantizer`):
 - "vq":  VectorQuantize from vector-quantize-pytorch with a cosine-similarity codebook, k-means
-         init, EMA updates and dead-code reset — the remedies for codebook collapse (DESIGN §7.5).
+         init, EMA updates and dead-code reset — the remedies for codebook collapse (architecture §7.5).
 - "fsq": finite scalar quantization (Mentzer et al. 2023): an implicit grid codebook, no
          codebook loss, no collapse.
 
@@ -37,7 +37,7 @@ class CodebookUsage:
 
 
 def codebook_usage(indices: Tensor, codebook_size: int) -> CodebookUsage:
-    """Usage and perplexity of a batch of code indices (any shape). Log both (DESIGN §7.5)."""
+    """Usage and perplexity of a batch of code indices (any shape). Log both (architecture §7.5)."""
     counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).double()
     probs = counts / counts.sum().clamp(min=1)
     entropy = -(probs * probs.clamp(min=1e-30).log()).sum()

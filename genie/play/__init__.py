@@ -1,4 +1,4 @@
-"""`genie play`: steer the world model frame by frame from a local web page (DESIGN §1 "Play", §5).
+"""`genie play`: steer the world model frame by frame from a local web page (architecture §1, §5).
 
 A small Starlette app served by uvicorn, and one static page (`genie/play_static/`: index.html, play.js,
 play.css; no front-end build step). Each browser tab gets its own session; a key press sends one JSON message
