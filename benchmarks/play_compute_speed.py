@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data_pipelines.clips import ClipDataset, video_to_frames  # noqa: E402
+from data_pipelines.clips import ClipDataset  # noqa: E402
+from genie.core.frames import video_to_frames  # noqa: E402
 from genie.world_model import WorldModel  # noqa: E402
 
 dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")

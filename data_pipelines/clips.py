@@ -31,19 +31,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from data_pipelines.storage import Episode, iter_episodes, load_split, read_card
 from data_pipelines.video import assign_splits, list_videos, resize_frames
 from genie.core.errors import GenieInputError
+from genie.core.frames import frames_to_video
 from genie.core.optional import optional_import
-
-
-def frames_to_video(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (t,H,W,c) → float (t,c,H,W) in [-1,1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    return x.div_(127.5).sub_(1.0)
-
-
-def video_to_frames(video: torch.Tensor) -> np.ndarray:
-    """float (…,t,c,H,W) in [-1,1] → uint8 (…,t,H,W,c)."""
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).cpu().numpy()
 
 
 def _span(clip_len: int, stride: int) -> int:

@@ -33,6 +33,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
+from genie.core.frames import previous_frames
 from genie.nn import KVCache, STTransformer
 
 
@@ -168,7 +169,7 @@ class DynamicsModel(nn.Module):
                 if num_past:
                     raise ValueError("prev_tokens (the tokens of the frame before each new frame) are needed with a "
                                      "cache when the model has prev_token_input")
-                prev_tokens = torch.cat([torch.full_like(tokens[:, :1], self.mask_id), tokens[:, :-1]], dim=1)
+                prev_tokens = previous_frames(tokens, self.mask_id)
             if prev_tokens.shape != tokens.shape:
                 raise ValueError(f"prev_tokens must be {tuple(tokens.shape)} like tokens, got {tuple(prev_tokens.shape)}")
             x = x + self.prev_embed(rearrange(prev_tokens.long(), "b t h w -> b t (h w)"))

@@ -23,6 +23,7 @@ from dynamics.maskgit import training_mask
 from dynamics.model import DynamicsModel
 from genie.core.device import generator_for
 from genie.core.errors import GenieInputError
+from genie.core.frames import previous_frames
 from genie.core.training import GenieModule
 
 
@@ -81,7 +82,7 @@ class DynamicsModule(GenieModule):
                              clean_prefix_prob=clean_context_prob)
         inp = tokens.masked_fill(mask, self.model.mask_id)
         # with prev_token_input each frame reads the clean previous frame, as it does when sampling
-        prev = torch.cat([torch.full_like(tokens[:, :1], self.model.mask_id), tokens[:, :-1]], dim=1)
+        prev = previous_frames(tokens, self.model.mask_id)
         # logits of the masked positions only (m, v): the loss reads nothing else
         logits = self.model(inp, actions, prev_tokens=prev, where=mask)
         if not mask.any():  # possible only for tiny clips: keep the graph, contribute nothing

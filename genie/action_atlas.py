@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_pipelines.clips import ClipDataset, video_to_frames
+from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split
 from genie.core import atomic
 from genie.core.device import resolve_device, to_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import video_to_frames
 from genie.core.metrics import merge_actions, merged_action_table, normalized_mutual_info
 from genie.export import load_export
 from genie.video_io import write_clip

@@ -123,8 +123,8 @@ def _parse_real_actions(text: str) -> list[str]:
 def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
-    from data_pipelines.clips import frames_to_video, video_to_frames
     from genie.core.device import resolve_device, to_device
+    from genie.core.frames import frames_to_video, video_to_frames
     from genie.grounding import load_action_map
     from genie.sampling import SamplingSettings
     from genie.video_io import check_output_path, read_prompt, write_clip

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split, read_card
 from genie.ceiling import ceiling_for, check_same_classes
-from genie.core.device import generator_for, resolve_device, to_device
+from genie.core.device import generator_for, module_device, resolve_device, to_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import to_unit
 from genie.core.metrics import (
     action_components,
     agent_box,
@@ -110,10 +111,6 @@ def _batches(ds: ClipDataset, batch: int, device: torch.device | str = "cpu", st
         yield out
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _batch_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
     """One generator per batch, so the figures do not depend on how the batches are shared between processes."""
     return generator_for(device, seed * 1_000_003 + index)
@@ -179,7 +176,7 @@ def level_types(video: torch.Tensor) -> list[str]:
     """video (b, t, c, H, W) in [-1, 1] -> each clip's level type from its first frame: "dark" when at least
     DARK_SHARE of its pixels have luminance below DARK_LUMINANCE, else "textured" when the mean absolute difference
     between neighbouring pixels' luminance is at least TEXTURE_GRADIENT, else "bright"."""
-    x = (video[:, 0].float().clamp(-1, 1) + 1) / 2  # (b, c, H, W)
+    x = to_unit(video[:, 0])  # (b, c, H, W)
     y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] if x.shape[1] == 3 else x.mean(1)  # (b, H, W)
     dark = (y < DARK_LUMINANCE).float().mean((1, 2)) >= DARK_SHARE
     grad = (y[:, :, 1:] - y[:, :, :-1]).abs().mean((1, 2)) + (y[:, 1:] - y[:, :-1]).abs().mean((1, 2))
@@ -191,7 +188,7 @@ def evaluate_tokenizer(tokenizer, data, split: str, num_clips: int, seed: int, b
                        state=None) -> TokenizerResult:
     ds = ClipDataset(data, split, clip_len=tokenizer.config.num_frames, num_clips=num_clips, seed=seed)
     ps, ss, ids, stab, kinds = [], [], [], [], []
-    for b in _batches(ds, batch, _device_of(tokenizer), state):
+    for b in _batches(ds, batch, module_device(tokenizer), state):
         out = tokenizer(b["video"])
         kinds.append(level_types(b["video"]))
         ps.append(psnr(out.recon, b["video"]).cpu())  # (b, t)
@@ -262,7 +259,7 @@ def evaluate_lam(lam, data, split: str, num_clips: int, seed: int, batch: int = 
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=num_clips, seed=seed)
     codes, true, p_inf, p_rand, ceiling_pred, latents = [], [], [], [], [], []
     ceiling_net, ceiling_info = ceiling if ceiling is not None else (None, None)
-    device = _device_of(lam)
+    device = module_device(lam)
     if ceiling_net is not None:
         ceiling_net = ceiling_net.to(device)
     for b in _batches(ds, batch, device, state):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from genie.core.device import module_device
 from genie.core.errors import GenieInputError
 
 I3D_SIZE = 224
@@ -162,7 +163,7 @@ def i3d_features(model: I3D, video: torch.Tensor, batch: int = 4) -> torch.Tenso
         raise GenieInputError(f"I3D takes 1- or 3-channel video, got {c} channels")
     out = []
     for i in range(0, n, batch):
-        v = video[i:i + batch].float().clamp(-1, 1).to(next(model.parameters()).device)
+        v = video[i:i + batch].float().clamp(-1, 1).to(module_device(model))
         m = v.shape[0]
         x = F.interpolate(v.flatten(0, 1), size=(I3D_SIZE, I3D_SIZE), mode="bilinear", align_corners=False)
         out.append(model(x.view(m, t, 3, I3D_SIZE, I3D_SIZE).transpose(1, 2)).double().cpu())

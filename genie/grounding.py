@@ -28,6 +28,7 @@ import torch
 
 from data_pipelines.clips import ClipDataset
 from genie.core.atomic import write_text
+from genie.core.device import module_device
 from genie.core.errors import GenieInputError
 from genie.core.metrics import merge_actions, merged_action_table
 
@@ -75,7 +76,7 @@ def collect_transitions(lam, data: str | Path, split: str, num: int, seed: int =
     per_clip = lam.config.num_frames - 1
     clips = min(len(ds), math.ceil(num / per_clip))
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=clips, seed=seed)
-    device = next(lam.parameters()).device
+    device = module_device(lam)
     lat, codes, raw, ceiling, keys = [], [], [], [], []
     if probe is not None:
         probe = probe.to(device)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from data_pipelines.clips import ClipDataset, video_to_frames
+from data_pipelines.clips import ClipDataset
 from data_pipelines.coinrun import record_coinrun
 from data_pipelines.importing import import_videos
 from data_pipelines.storage import pick_split, read_card
@@ -24,6 +24,7 @@ from genie.action_atlas import write_atlas
 from genie.core import atomic
 from genie.core.device import resolve_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import video_to_frames
 from genie.core.registry import STAGES
 from genie.core.training import adamw_kernel
 from genie.eval_results import markdown_table

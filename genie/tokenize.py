@@ -20,11 +20,12 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from data_pipelines.clips import ClipDataset, frames_to_video
+from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import SPLITS, DatasetWriter, Episode, read_card
 from genie.core.config import format_hw
-from genie.core.device import resolve_device, to_device
+from genie.core.device import module_device, resolve_device, to_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import frames_to_video
 from genie.distributed import process_state
 from genie.export import load_export
 
@@ -147,6 +148,6 @@ def _latent_actions(lam, frames: np.ndarray, batch_size: int) -> np.ndarray:
     out = np.full(n, -1, np.int16)
     if n < 2:
         return out
-    for s, a in encode_windows(lam.infer_actions, frames, w, w - 1, batch_size, next(lam.parameters()).device):
+    for s, a in encode_windows(lam.infer_actions, frames, w, w - 1, batch_size, module_device(lam)):
         out[s:s + len(a)] = a
     return out

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from genie.core.atomic import replace_dir, temp_dir_beside
 from genie.core.config import format_hw
-from genie.core.device import generator_for
+from genie.core.device import generator_for, module_device
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
 from genie.export import load_export
@@ -137,7 +137,7 @@ class WorldModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.dynamics.parameters()).device
+        return module_device(self.dynamics)
 
     @property
     def image_size(self) -> int | tuple[int, int]:

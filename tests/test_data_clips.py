@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipelines.clips import ClipDataset, StreamingClipDataset, video_to_frames
+from data_pipelines.clips import ClipDataset, StreamingClipDataset
 from data_pipelines.storage import DatasetWriter, info, load_split, write_parquet
 from genie.core.errors import GenieInputError
+from genie.core.frames import video_to_frames
 from tests.conftest import coded_episode
 
 

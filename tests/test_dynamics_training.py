@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from data_pipelines.clips import ClipDataset, frames_to_video
+from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter, Episode
 from dynamics.config import DynamicsConfig
+from genie.core.frames import frames_to_video
 from genie.export import load_export, save_export
 from tests.conftest import ROOT, coded_episode, run_genie, stderr_line
 

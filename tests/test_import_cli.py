@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from data_pipelines.clips import ClipDataset, VideoFolderClipDataset, video_to_frames
+from data_pipelines.clips import ClipDataset, VideoFolderClipDataset
 from data_pipelines.importing import import_videos
 from data_pipelines.video import _decode_pyav, resize_frames
+from genie.core.frames import video_to_frames
 from tests.conftest import ROOT, run_genie, smooth_frames, stderr_line, write_video
 
 

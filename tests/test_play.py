@@ -247,7 +247,7 @@ def test_download_clip_and_actions_replay_with_generate(context, server, world):
         prompt = np.array(im.convert("RGB"))
     assert np.array_equal(prompt, server.player.prompts[2])
     # what `genie generate` computes from the downloaded prompt and actions is the frame on screen
-    from data_pipelines.clips import frames_to_video, video_to_frames
+    from genie.core.frames import frames_to_video, video_to_frames
     from genie.world_model import WorldModel
 
     wm = WorldModel.from_pretrained(world / "world")

@@ -194,7 +194,8 @@ def test_lam_export_round_trip(tmp_path):
 
 
 def test_tokenize_matches_encode_and_carries_actions(tmp_path, video64):
-    from data_pipelines.clips import ClipDataset, frames_to_video
+    from data_pipelines.clips import ClipDataset
+    from genie.core.frames import frames_to_video
     from genie.tokenize import tokenize_dataset
 
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 
+from genie.core.frames import to_uint8
 from genie.core.metrics import psnr, ssim
 from genie.core.training import GenieModule
 from genie.nn import codebook_usage
@@ -26,7 +27,7 @@ def video_grid(rows: list[torch.Tensor]) -> torch.Tensor:
     x = torch.stack([r.float().clamp(-1, 1) for r in rows])  # (r, t, c, H, W)
     x = F.pad(x, (1, 1, 1, 1), value=1.0)
     grid = rearrange(x, "r t c h w -> (r h) (t w) c")
-    return ((grid + 1) * 127.5).round().to(torch.uint8)
+    return to_uint8(grid)
 
 
 class TokenizerModule(GenieModule):

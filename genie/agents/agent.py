@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from data_pipelines.coinrun import RandomPolicy, SearchExpert
 from genie.agents.model import PolicyConfig, PolicyNet
 from genie.core.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside, write_text
+from genie.core.device import module_device
 from genie.core.errors import GenieInputError
 from genie.grounding import ACTION_MAP_NAME, ActionMap
 
@@ -161,7 +162,7 @@ class ClonedPolicy:
 
     def __init__(self, agent: Agent, act: str | None = None, decode: str | None = None):
         self.agent, self.act, self.decode = agent, act or agent.act, decode or agent.decode
-        self.device = next(agent.net.parameters()).device
+        self.device = module_device(agent.net)
         self.table = None if agent.amap is None else dictionary_probs(agent.amap).to(self.device)
         self.raw = torch.as_tensor(agent.raw_action, device=self.device)
 

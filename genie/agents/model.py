@@ -18,6 +18,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from genie.core.frames import from_uint8
+
 
 @dataclass
 class PolicyConfig:
@@ -85,7 +87,7 @@ class PolicyNet(nn.Module):
         nn.init.normal_(self.head[-1].weight, std=0.01)
 
     def forward(self, frames: Tensor) -> Tensor:
-        x = rearrange(frames, "b f h w c -> b (f c) h w").float() / 127.5 - 1.0  # (b, f*c, H, W) in [-1, 1]
+        x = from_uint8(rearrange(frames, "b f h w c -> b (f c) h w"))  # (b, f*c, H, W) in [-1, 1]
         return self.head(self.convs(x))  # (b, o)
 
 

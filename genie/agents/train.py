@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_pipelines.clips import ClipDataset, frames_to_video
+from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import read_card
 from genie.agents.agent import AGENT_FORMAT, CHOICES, KINDS, load_agent, save_agent
 from genie.agents.model import PRESETS, PolicyConfig, PolicyNet, count_parameters, logits_in_batches
-from genie.core.device import generator_for, resolve_device
+from genie.core.device import generator_for, module_device, resolve_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import frames_to_video
 from genie.core.metrics import merge_actions, merged_action_table
 from genie.grounding import class_names, collect_transitions, fit_action_map, lam_fingerprint, load_lam
 
@@ -84,7 +85,7 @@ def lam_labels(lam, tr: Transitions, batch: int = 16, progress: Callable[[int], 
     the LAM's length that overlap by one frame, so every transition is read once, with up to num_frames - 1 frames
     of past (the LAM was trained on such clips)."""
     length = lam.config.num_frames
-    device = next(lam.parameters()).device
+    device = module_device(lam)
     out = np.empty(len(tr), np.int64)
     windows: dict[int, list[tuple[int, int]]] = {}  # clip length → (first frame, first transition) of each clip
     t0 = 0
@@ -117,7 +118,7 @@ def fit_policy(net: PolicyNet, tr: Transitions, targets: np.ndarray, steps: int,
                progress: Callable[[int, float], None] | None = None) -> dict:
     """Cross-entropy on (frames → targets) for `steps` AdamW steps of `batch` random transitions (seeded), the
     learning rate decaying to a tenth (cosine). Returns the last losses and, with `val`, held-out accuracy."""
-    device = next(net.parameters()).device
+    device = module_device(net)
     g = generator_for("cpu", seed)  # batch indices into the transitions, which stay in CPU memory
     y = torch.as_tensor(targets, dtype=torch.long)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)

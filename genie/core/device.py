@@ -3,7 +3,7 @@
 `resolve_device` turns the user's string into a `torch.device`, or raises one clear
 `GenieInputError` naming the flag and the problem (CUDA asked for but absent, an index out of
 range, a string that is not a device). Random generators are made with `generator_for`, on the
-device of the tensors they draw for (architecture §7.11).
+device of the tensors they draw for (architecture §7.11); `module_device` says where a model's parameters live.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ import torch
 from genie.core.errors import GenieInputError
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters live (genie's models keep all of theirs on one device)."""
+    return next(module.parameters()).device
 
 
 def resolve_device(spec: str | torch.device | None = "auto", flag: str = "--device") -> torch.device:

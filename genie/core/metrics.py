@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from genie.core.frames import to_unit
+
 # PSNR of identical frames (an MSE below 1e-10): a finite cap, so means over frames stay finite
 MAX_PSNR_DB = 100.0
 
 
 def _unit_frames(x: torch.Tensor) -> torch.Tensor:
     """(…, c, H, W) in [-1, 1] → (n, c, H, W) in [0, 1], float32."""
-    return ((x.float().clamp(-1, 1) + 1) / 2).reshape(-1, *x.shape[-3:])
+    return to_unit(x).reshape(-1, *x.shape[-3:])
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipelines.clips import frames_to_video, video_to_frames
 from genie.core.device import resolve_device
 from genie.core.errors import GenieInputError
+from genie.core.frames import frames_to_video, video_to_frames
 from genie.grounding import ActionMap, load_action_map
 from genie.play.controls import action_map_controls, controls, load_keymap
 from genie.play.errors import PlayRequestError
