@@ -258,12 +258,6 @@ def parse_resolution(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def read_video_resized(path: str | os.PathLike, resolution: int | tuple[int, int], backend: str = "auto",
-                       window: int = 256, fit: str = "crop") -> np.ndarray:
-    """Decode and resize one file window by window (bounded memory at the source resolution)."""
-    return read_video_fitted(path, resolution, fit=fit, backend=backend, window=window)[0]
-
-
 def read_video_fitted(path: str | os.PathLike, resolution: int | tuple[int, int], fit: str = "pad",
                       backend: str = "auto", window: int = 256) -> tuple[np.ndarray, tuple[int, int]]:
     """(frames resized under `fit`, source (h, w)) of one file, decoded window by window."""

@@ -93,14 +93,6 @@ class PatchGridConfig:
         return H // self.patch_size, W // self.patch_size
 
     @property
-    def grid_size(self) -> int:
-        """Patches per side of a square frame (h = w); use `grid` for frames of any shape."""
-        h, w = self.grid
-        if h != w:
-            raise ValueError(f"grid_size is for square frames; this config's grid is {h}×{w}: use `grid`")
-        return h
-
-    @property
     def tokens_per_frame(self) -> int:
         """n = h * w."""
         h, w = self.grid
