@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset whose labelled train split trains the supervised inverse-dynamics ceiling scored "
                         "beside the LAM (default: --data; held-out folders often have only a test split)")
     e.add_argument("--probe-cache", default=None, metavar="DIR",
-                   help="where trained ceiling probes are cached (default: <probe-data>/.genie-cache)")
+                   help="where trained ceiling models are cached (default: <probe-data>/.genie-cache)")
     add_option(e, "--quiet")
     add_device(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(gr, "--seed")
     gr.add_argument("--no-ceiling", action="store_true", help="skip the supervised inverse-dynamics ceiling "
                                                              "(minutes the first time for a dataset, then cached)")
-    gr.add_argument("--probe-cache", default=None, metavar="DIR", help="where the ceiling probe is cached "
+    gr.add_argument("--probe-cache", default=None, metavar="DIR", help="where the ceiling model is cached "
                                                                        "(default: <data>/.genie-cache)")
     gr.add_argument("--out", default=None, help="also write the table as JSON")
     add_option(gr, "--quiet")

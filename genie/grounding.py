@@ -45,7 +45,7 @@ class Transitions:
     latents: np.ndarray
     codes: np.ndarray
     labels: np.ndarray
-    ceiling: np.ndarray | None = None  # (n,) the supervised inverse-dynamics probe's predictions, when asked for
+    ceiling: np.ndarray | None = None  # (n,) the supervised inverse-dynamics model's predictions, when asked for
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,10 +66,10 @@ def class_names(card: dict) -> list[str]:
 
 @torch.no_grad()
 def collect_transitions(lam, data: str | Path, split: str, num: int, seed: int = 0, batch: int = 8,
-                        progress=None, probe=None) -> Transitions:
+                        progress=None, inverse_dynamics=None) -> Transitions:
     """At least `num` labelled transitions of `data`'s `split` (all its clips' transitions if fewer), from a
-    fixed seeded set of whole clips of the LAM's length run through the LAM in eval mode. With `probe` (an
-    InverseDynamicsModel) also its predicted class of each transition."""
+    fixed seeded set of whole clips of the LAM's length run through the LAM in eval mode. With `inverse_dynamics` (the
+    supervised ceiling, genie.ceiling.InverseDynamicsModel) also its predicted class of each transition."""
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, seed=seed)
     if not ds.has_actions:
         raise GenieInputError(f"{data}: the dataset has no true actions to ground latent actions in")
@@ -78,8 +78,8 @@ def collect_transitions(lam, data: str | Path, split: str, num: int, seed: int =
     ds = ClipDataset(data, split, clip_len=lam.config.num_frames, num_clips=clips, seed=seed)
     device = module_device(lam)
     lat, codes, raw, ceiling, keys = [], [], [], [], []
-    if probe is not None:
-        probe = probe.to(device)
+    if inverse_dynamics is not None:
+        inverse_dynamics = inverse_dynamics.to(device)
     for i in range(0, len(ds), batch):
         items = [ds[j] for j in range(i, min(len(ds), i + batch))]
         video = torch.stack([it["video"] for it in items]).to(device)
@@ -88,8 +88,8 @@ def collect_transitions(lam, data: str | Path, split: str, num: int, seed: int =
         codes.append(lam.quantizer(z).indices.flatten().cpu())
         raw.append(torch.stack([it["actions"] for it in items]).flatten())
         keys += [(it["episode_id"], it["start"] + k) for it in items for k in range(per_clip)]
-        if probe is not None:
-            ceiling.append(probe.predict_clip(video).flatten().cpu())
+        if inverse_dynamics is not None:
+            ceiling.append(inverse_dynamics.predict_clip(video).flatten().cpu())
         if progress:
             progress(len(items))
     # Clips may overlap: each transition counts once (its first clip's reading).
@@ -355,12 +355,12 @@ def ground(model_dir: str | Path, data: str | Path, labels: int = 200, split: st
         if labels > len(fit):
             raise GenieInputError(f"--labels {labels} is more than the {len(fit)} labelled transitions in {data}'s "
                                   "train split")
-        probe, probe_info = (None, None)
+        idm, idm_info = (None, None)
         if ceiling:
-            probe, probe_info = ceiling_for(data, seed=seed, device=dev, cache_dir=probe_cache, progress=progress)
+            idm, idm_info = ceiling_for(data, seed=seed, device=dev, cache_dir=probe_cache, progress=progress)
         ds_clips = min(held_out_clips, len(ClipDataset(data, split, clip_len=lam.config.num_frames)))
         held = collect_transitions(lam, data, split, ds_clips * (lam.config.num_frames - 1), seed,
-                                   progress=bar.update, probe=probe)
+                                   progress=bar.update, inverse_dynamics=idm)
     finally:
         bar.close()  # before any error line, so it starts a line of its own
     names = class_names(card)
@@ -374,7 +374,7 @@ def ground(model_dir: str | Path, data: str | Path, labels: int = 200, split: st
            "code_to_action": [names[c] for c in amap.code_to_class()], "action_to_code": amap.class_to_code()}
     if held.ceiling is not None:
         res["supervised_ceiling_accuracy"] = float((held.ceiling == held.labels).mean())
-        res["supervised_ceiling"] = probe_info
+        res["supervised_ceiling"] = idm_info
     return res
 
 
