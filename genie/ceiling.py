@@ -126,10 +126,12 @@ def train_ceiling(data: str | os.PathLike, settings: CeilingSettings, seed: int 
     rng = np.random.default_rng(seed)
     t0, step, loss = time.perf_counter(), 0, float("nan")
     model.train()
-    # minutes the first time for a dataset: say so, with a bar (or a line every 10% when stderr is not a terminal)
+    # minutes the first time for a dataset: say so, with a bar (or a line every 10% when stderr is not a terminal;
+    # an infinite maxinterval keeps tqdm's monitor thread from dropping miniters to 1 after 10 s without a line)
+    tty = sys.stderr.isatty()
     bar = tqdm(total=settings.max_steps, unit="step", desc=f"training the supervised ceiling on {data} (once, then cached)",
                dynamic_ncols=True, disable=not progress, mininterval=1.0,
-               miniters=None if sys.stderr.isatty() else max(1, settings.max_steps // 10))
+               miniters=None if tty else max(1, settings.max_steps // 10), maxinterval=10.0 if tty else float("inf"))
     with torch.enable_grad():  # callers evaluate under no_grad
         while step < settings.max_steps and time.perf_counter() - t0 < settings.max_seconds:
             items = [ds[int(i)] for i in rng.integers(0, len(ds), settings.batch_size)]
