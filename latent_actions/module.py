@@ -53,6 +53,12 @@ class LatentActionModule(GenieModule):
             the training transitions by a hash of (episode, frame), so the same ones are labelled in every
             epoch (LAOM: 2.5% labels). Needs data with actions. The head is not exported. Training only.
         label_weight: weight of that cross-entropy in the loss (default 0.1).
+        label_batch: 0 (default): the labelled transitions are those that happen to be in the training batch
+            (about label_fraction of it: ~3 of 120 transitions at 2.5%). n > 0: as LAOM, every step also draws n
+            clips from a fixed labelled pool — the non-overlapping clip_len windows of the training episodes chosen
+            by a hash of (episode, window), label_fraction of them — and trains the head on all of their
+            transitions (encoder only; the labelled share of the data is the same, it is just seen every step).
+            The draw is a function of the step, so a resumed run draws what the unbroken run would have.
     """
 
     stage = "lam"
@@ -60,7 +66,7 @@ class LatentActionModule(GenieModule):
     def __init__(self, config: LatentActionConfig, lr: float = 3e-4, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1,
                  change_weight: float = 0.0, surprise_weight: float = 0.0, roi_weight: float = 0.0,
-                 label_fraction: float = 0.0, label_weight: float = 0.1):
+                 label_fraction: float = 0.0, label_weight: float = 0.1, label_batch: int = 0):
         super().__init__()
         for name, value in (("change_weight", change_weight), ("surprise_weight", surprise_weight),
                             ("roi_weight", roi_weight), ("label_weight", label_weight)):
@@ -68,6 +74,8 @@ class LatentActionModule(GenieModule):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not 0 <= label_fraction <= 1:
             raise ValueError(f"label_fraction must be in [0, 1], got {label_fraction!r}")
+        if not (isinstance(label_batch, int) and label_batch >= 0):
+            raise ValueError(f"label_batch must be an int >= 0, got {label_batch!r}")
         if isinstance(config, dict):
             config = LatentActionConfig.from_dict(config)
         self.save_hyperparameters(ignore=["config"])
@@ -77,6 +85,8 @@ class LatentActionModule(GenieModule):
         self.no_action = torch.nn.Parameter(torch.zeros(config.width)) if surprise_weight > 0 else None
         # Few-label head (label_fraction), built in setup once the data says how many classes there are.
         self.label_head: torch.nn.Linear | None = None
+        self._label_pool: list[tuple[int, int]] = []  # (episode index, window start) of the labelled windows
+        self._label_data = None  # the training set the pool indexes
         self._merge: torch.Tensor | None = None  # raw action id -> scored class
         self._roi: tuple[int, int, int, int] | None = None
         self._codes: list[torch.Tensor] = []
@@ -103,14 +113,45 @@ class LatentActionModule(GenieModule):
                 table = torch.arange(int(card["num_actions"])).numpy()
             self._merge = torch.as_tensor(table, dtype=torch.long)
             self.label_head = torch.nn.Linear(self.model.config.width, int(table.max()) + 1)
+        if self.hparams.label_fraction > 0 and self.hparams.label_batch > 0 and not self._label_pool:
+            self._label_data = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+            self._label_pool = self._labelled_windows(self._label_data)
+
+    def _labelled_windows(self, ds) -> list[tuple[int, int]]:
+        """The labelled pool of `label_batch`: (episode, start) of every non-overlapping window of the model's
+        clip length in the training episodes whose hash of (episode id, window) falls below label_fraction."""
+        if ds is None or not hasattr(ds, "item") or not hasattr(ds, "num_episodes"):
+            raise GenieInputError("label_batch > 0 needs a recorded dataset read by episode (genie data coinrun), "
+                                  "not streamed shards or a folder of videos")
+        t = ds.clip_len  # the windows are training clips: what `item` reads
+        pool = []
+        for e in range(ds.num_episodes):
+            eid = ds.episode_id(e)
+            for w in range(len(ds.episode_actions(e)) // t):
+                if _hash_unit(eid, w) < self.hparams.label_fraction:
+                    pool.append((e, w * t))
+        if not pool:
+            raise GenieInputError(f"label_fraction {self.hparams.label_fraction} labels none of the training "
+                                  f"set's {t}-frame windows: raise it or record more episodes")
+        return pool
+
+    def _label_loss(self, device: torch.device) -> torch.Tensor:
+        """Cross-entropy of the label head on `label_batch` windows of the labelled pool, drawn by the step."""
+        ds = self._label_data
+        g = generator_for("cpu", 7_919 + getattr(self._trainer, "global_step", 0))  # indices into the pool, which lives in CPU memory
+        picks = torch.randint(len(self._label_pool), (self.hparams.label_batch,), generator=g).tolist()
+        items = [ds.item(*self._label_pool[i]) for i in picks]
+        video = torch.stack([it["video"] for it in items]).to(device)
+        y = self._merge[torch.stack([it["actions"] for it in items]).long()].to(device)  # (n, t-1)
+        latents = self.model.encode_latents(video)  # (n, t-1, d)
+        return F.cross_entropy(self.label_head(latents.flatten(0, 1)), y.flatten())
 
     def _labelled(self, batch: dict, t: int) -> torch.Tensor:
         """(b, t) bool: which transitions of the batch count as labelled — a fixed share label_fraction of all
         training transitions, chosen by a hash of (episode id, frame index) so that it does not change
         between epochs or runs."""
         frame = batch["start"][:, None] + torch.arange(t, device=batch["start"].device)  # (b, t)
-        key = (batch["episode_id"][:, None].long() * 1_000_003 + frame.long()) * 2_654_435_761 % 4_294_967_296
-        return key.float() / 4_294_967_296 < self.hparams.label_fraction
+        return _hash_unit(batch["episode_id"][:, None], frame) < self.hparams.label_fraction
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         video = batch["video"]
@@ -141,7 +182,11 @@ class LatentActionModule(GenieModule):
             recon = recon + null_mse
             self.log("train/null_mse", null_mse)
         loss = recon + out.quant_loss
-        if self.label_head is not None and "actions" in batch:
+        if self.label_head is not None and self._label_pool:
+            ce = self._label_loss(video.device)
+            loss = loss + self.hparams.label_weight * ce
+            self.log("train/label_ce", ce)
+        elif self.label_head is not None and "actions" in batch:
             labelled = self._labelled(batch, out.actions.shape[1])
             if labelled.any():
                 y = self._merge.to(batch["actions"].device)[batch["actions"].long()][labelled]
@@ -185,3 +230,12 @@ class LatentActionModule(GenieModule):
             card = getattr(getattr(dm, "train_set", None), "card", None) or {}
             true = merge_actions(torch.cat(self._true).numpy(), card)
             self.log("val/nmi", normalized_mutual_info(codes.numpy(), true))
+
+
+def _hash_unit(episode_id, index):
+    """A fixed pseudo-random number in [0, 1) for (episode id, frame or window index): which transitions or
+    windows are labelled, the same in every epoch and run (ints or tensors, broadcast)."""
+    if isinstance(episode_id, torch.Tensor) or isinstance(index, torch.Tensor):
+        key = (torch.as_tensor(episode_id).long() * 1_000_003 + torch.as_tensor(index).long()) * 2_654_435_761 % 4_294_967_296
+        return key.float() / 4_294_967_296
+    return ((int(episode_id) * 1_000_003 + int(index)) * 2_654_435_761 % 4_294_967_296) / 4_294_967_296

@@ -3,6 +3,7 @@ weights what an action-free decoder branch fails to predict."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,59 @@ def test_label_fraction_trains_a_head_on_a_fixed_share_of_transitions():
         _with_card(_module(label_fraction=0.1), {"has_actions": False})
     with pytest.raises(ValueError, match="label_fraction"):
         _module(label_fraction=1.5)
+
+
+class _Episodes:
+    """A stand-in training set read by episode: 12 episodes of 10 frames with actions = frame index % 15."""
+
+    card = {"has_actions": True, "num_actions": 15, "merged_action": [0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4]}
+    frame_shape = (64, 64, 3)
+    num_episodes = 12
+    clip_len = 4
+
+    def episode_id(self, e):
+        return 100 + e
+
+    def episode_actions(self, e):
+        return np.arange(10) % 15
+
+    def item(self, e, start):
+        g = torch.Generator().manual_seed(e * 100 + start)
+        return {"video": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1,
+                "actions": torch.as_tensor(self.episode_actions(e)[start:start + 3])}
+
+
+def test_label_batch_draws_labelled_windows_every_step():
+    """label_batch > 0 (LAOM's separate labelled batch): a fixed pool of whole windows, about label_fraction of
+    them, and every step trains the head on label_batch of them, whatever the unlabelled batch holds."""
+    from types import SimpleNamespace
+
+    from genie.core.errors import GenieInputError
+
+    def attach(m, ds):
+        m._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_set=ds))  # noqa: SLF001
+        type(m).trainer = property(lambda self: self._trainer)
+        try:
+            m.setup("fit")
+        finally:
+            del type(m).trainer
+        return m
+
+    m = attach(_module(label_fraction=0.5, label_weight=1.0, label_batch=3), _Episodes())
+    windows = 12 * (10 // 4)
+    assert 0 < len(m._label_pool) < windows  # about half of the 24 windows
+    assert all(start % 4 == 0 and start + 4 <= 10 for _, start in m._label_pool)
+    again = attach(_module(label_fraction=0.5, label_weight=1.0, label_batch=3), _Episodes())
+    assert again._label_pool == m._label_pool  # fixed by the hash, not by a random draw
+    logged = {}
+    m.log = lambda name, value, **k: logged.__setitem__(name, value)
+    loss = m.training_step({"video": torch.rand(2, 4, 3, 64, 64) * 2 - 1}, 0)  # an unlabelled batch
+    assert "train/label_ce" in logged
+    loss.backward()
+    assert m.label_head.weight.grad.abs().sum() > 0
+    assert m.model.encoder_patch_embed.weight.grad.abs().sum() > 0
+    assert torch.equal(m._label_loss(torch.device("cpu")), m._label_loss(torch.device("cpu")))  # same step, same draw
+    with pytest.raises(GenieInputError, match="labels none"):
+        attach(_module(label_fraction=1e-9, label_batch=3), _Episodes())
+    with pytest.raises(ValueError, match="label_batch"):
+        _module(label_batch=-1)
