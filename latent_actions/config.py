@@ -56,6 +56,10 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     vq_decay: float = 0.8
     kmeans_iters: int = 10
     threshold_ema_dead_code: float = 2.0
+    # > 0: a batch code-usage entropy term in the loss (genie.nn.quantizer.VectorQuantizer.usage_penalty), vq only
+    code_entropy_weight: float = 0.0
+    # quantise each transition's latent minus its clip's mean (codes then depend on the whole clip; off: as Genie)
+    center_latents: bool = False
     decoder_mask_ratio: float = 0.25
     decoder_motion: bool = False
     encoder_causal: bool = True
@@ -69,7 +73,7 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
         check_at_least(self, "num_frames", 2)  # one transition needs two frames
         check_transformer(self)
         check_vector_quantizer(self)
-        for name in ("decoder_motion", "encoder_causal"):
+        for name in ("decoder_motion", "encoder_causal", "center_latents"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_unit_interval(self, "decoder_mask_ratio")

@@ -77,6 +77,7 @@ class LatentActionModel(nn.Module):
             decay=config.vq_decay,
             kmeans_iters=config.kmeans_iters,
             threshold_ema_dead_code=config.threshold_ema_dead_code,
+            entropy_weight=config.code_entropy_weight,
         )
 
         # ---- decoder: frames x_1..x_{T-1} + actions a_1..a_{T-1} -> frames x_2..x_T ----
@@ -176,7 +177,13 @@ class LatentActionModel(nn.Module):
         # tokens end no transition.
         x = x[:, 1:]  # (b, t-1, n, d)
         weights = self.pool_score(x).float().softmax(dim=2)  # (b, t-1, n, 1)
-        return (weights * x.float()).sum(dim=2)  # (b, t-1, d)
+        latents = (weights * x.float()).sum(dim=2)  # (b, t-1, d)
+        if self.config.center_latents and latents.shape[1] > 1:
+            # What every transition of the clip shares (the game, the level, the scene) is not the action: the
+            # codes quantise each transition's difference from the clip's mean, so they must vary within a clip
+            # (on a dozen Atari videos the uncentred LAM gave every transition of a held-out video one code)
+            latents = latents - latents.mean(dim=1, keepdim=True)
+        return latents
 
 
     def _decode(self, context: Tensor, action_emb: Tensor) -> Tensor:

@@ -352,6 +352,23 @@ def test_forward_returns_the_latents_the_codes_were_rounded_from():
         assert torch.equal(model.quantizer(out.latents).indices, out.actions)
 
 
+def test_center_latents_quantises_each_transition_against_its_clip():
+    """center_latents: the latents of a clip sum to zero (what the clip shares is removed before the codes); off, the
+    latents are the encoder's own; a one-transition clip is left as it is (nothing to centre against)."""
+    torch.manual_seed(0)
+    plain, centred = make_lam(), make_lam(center_latents=True)
+    centred.load_state_dict(plain.state_dict())
+    video = random_video(2, 4)
+    plain.eval(), centred.eval()
+    with torch.no_grad():
+        raw = plain.encode_latents(video)
+        out = centred.encode_latents(video)
+        torch.testing.assert_close(out, raw - raw.mean(dim=1, keepdim=True))
+        torch.testing.assert_close(out.sum(dim=1), torch.zeros_like(out[:, 0]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(centred.encode_latents(video[:, :2]), plain.encode_latents(video[:, :2]))
+    assert LatentActionConfig.from_dict(centred.config.to_dict()).center_latents is True
+
+
 def test_spherical_kmeans_finds_known_groups():
     from latent_actions.model import spherical_kmeans
 

@@ -156,3 +156,33 @@ def test_codebook_usage_on_known_inputs():
     assert half.usage.item() == pytest.approx(2 / 8)
     assert half.perplexity.item() == pytest.approx(2.0)
     assert math.isfinite(codebook_usage(torch.tensor([5]), codebook_size=8).perplexity.item())
+
+
+def test_code_usage_entropy_term_spreads_a_collapsed_batch():
+    """VectorQuantizer.usage_penalty: ~log K when one code takes the batch, ~0 when the batch spreads evenly, and
+    per clip (a batch of clips each on its own code is still collapsed), and its gradient alone moves a collapsed
+    clip onto most of the codes (the guard against a LAM or tokenizer that uses one code)."""
+    import math
+
+    from genie.nn.quantizer import VectorQuantizer
+
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 8, 8, entropy_weight=1.0).train()
+    q(torch.randn(512, 8))  # k-means init of the codebook on spread inputs
+    codes = torch.nn.functional.normalize(q.vq.codebook.float(), dim=-1)
+    collapsed = torch.nn.Parameter(codes[0].repeat(1, 64, 1) + 0.01 * torch.randn(1, 64, 8))  # one clip
+    assert q.usage_penalty(collapsed.detach()) > 0.9 * math.log(8)
+    assert q.usage_penalty(codes.repeat(1, 8, 1)) < 0.05
+    # two clips, each on its own code: spread over the batch, collapsed within each clip
+    assert q.usage_penalty(torch.stack([codes[0].repeat(8, 1), codes[1].repeat(8, 1)])) > 0.9 * math.log(8)
+    opt = torch.optim.SGD([collapsed], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        q.usage_penalty(collapsed).backward()
+        opt.step()
+    used = (torch.nn.functional.normalize(collapsed.detach()[0], dim=-1) @ codes.t()).argmax(-1).unique().numel()
+    assert used >= 6, used
+    off = VectorQuantizer(8, 8, 8).train()
+    assert off.entropy_weight == 0.0
+    q.eval()
+    torch.testing.assert_close(q(torch.randn(64, 8)).loss, torch.zeros(()))  # training only

@@ -47,6 +47,8 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
     vq_decay: float = 0.8
     kmeans_iters: int = 10
     threshold_ema_dead_code: float = 2.0
+    # > 0: a batch code-usage entropy term in the loss (genie.nn.quantizer.VectorQuantizer.usage_penalty), vq only
+    code_entropy_weight: float = 0.0
     # 0 = plain linear patch embedding and pixel head (the paper's ViT). k > 0 adds a per-frame 3x3
     # convolution with k channels before patchifying and a residual 3x3 conv refinement (k hidden
     # channels) after unpatchifying, so pixels see across patch borders; per frame, so still causal.

@@ -64,6 +64,7 @@ class VideoTokenizer(nn.Module):
             decay=config.vq_decay,
             kmeans_iters=config.kmeans_iters,
             threshold_ema_dead_code=config.threshold_ema_dead_code,
+            entropy_weight=config.code_entropy_weight,
         )
         self.decoder = STTransformer(
             d,

@@ -49,6 +49,8 @@ def check_vector_quantizer(config: Any) -> None:
     check_non_negative(config, "commitment_weight")
     check_unit_interval(config, "vq_decay")
     check_non_negative(config, "threshold_ema_dead_code")
+    if hasattr(config, "code_entropy_weight"):
+        check_non_negative(config, "code_entropy_weight")
 
 
 def check_image_size(value: Any, patch_size: int) -> int | tuple[int, int]:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import pack, unpack
 from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
@@ -68,8 +69,11 @@ class VectorQuantizer(nn.Module):
         decay: float = 0.8,
         kmeans_iters: int = 10,
         threshold_ema_dead_code: float = 2.0,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 5.0,
     ) -> None:
         super().__init__()
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.dim = dim
         self.code_dim = code_dim
         self.codebook_size = codebook_size
@@ -100,11 +104,29 @@ class VectorQuantizer(nn.Module):
             z = self.project_in(flat)  # (N, c)
             # VectorQuantize wants (b, n, c); one sequence of all tokens.
             quantized, indices, loss = self.vq(z[None])
+            if self.training and self.entropy_weight > 0:
+                loss = loss + self.entropy_weight * self.usage_penalty(z.unflatten(0, (x.shape[0], -1)))
             quantized = self.project_out(quantized[0])  # (N, d)
             indices = indices[0].long()
         quantized, indices = quantized.unflatten(0, x.shape[:-1]), indices.unflatten(0, x.shape[:-1])
         # .clone(): in eval the library returns its own zero buffer.
         return QuantizerOutput(quantized=quantized, indices=indices, loss=loss.float().clone())
+
+    def usage_penalty(self, z: Tensor) -> Tensor:
+        """Mean over clips of log K − H(p̄), p̄ a clip's mean soft assignment (softmax of `entropy_temperature` ×
+        cosine similarity to each code): zero when a clip spreads evenly over the codes, log K when one code takes
+        it all. Per clip, not per batch: a batch of several videos can spread over the codes by giving each video
+        its own code (a LAM that names the game rather than the action); within a clip the codes must change
+        over time, as actions do. Its gradient reaches the encoder (the codebook is an EMA buffer), pulling
+        inputs from crowded codes toward idle ones — the guard against the collapse dead-code restarts cannot
+        undo (a LAM on Atari videos used 1 of 8 codes). The temperature is low (5) so that the gradient survives
+        a collapsed clip: at 100, 20 or 10 the softmax saturated and 200 SGD steps left a collapsed batch on 1
+        code of 8, at 5 it spread onto all 8 (tests/test_nn.py). z: (clips, n, c).
+        """
+        sims = F.normalize(z, dim=-1) @ F.normalize(self.vq.codebook.float(), dim=-1).t()  # (clips, n, K)
+        mean = (sims * self.entropy_temperature).softmax(dim=-1).mean(dim=1)  # (clips, K)
+        entropy = -(mean * mean.clamp_min(1e-12).log()).sum(-1)  # (clips,)
+        return (math.log(self.codebook_size) - entropy).mean()
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """indices (...) int -> (..., d) fp32, identical to `forward`'s quantized in eval mode."""
@@ -177,6 +199,7 @@ def build_quantizer(
     decay: float = 0.8,
     kmeans_iters: int = 10,
     threshold_ema_dead_code: float = 2.0,
+    entropy_weight: float = 0.0,
 ) -> Quantizer:
     """Build the quantizer named by `kind` ("vq" or "fsq"). For "fsq" the codebook size is
     prod(fsq_levels) and the code dim len(fsq_levels); `codebook_size`/`code_dim` must agree or
@@ -190,6 +213,7 @@ def build_quantizer(
             decay=decay,
             kmeans_iters=kmeans_iters,
             threshold_ema_dead_code=threshold_ema_dead_code,
+            entropy_weight=entropy_weight,
         )
     if kind == "fsq":
         quantizer = FiniteScalarQuantizer(dim, fsq_levels)
