@@ -31,6 +31,11 @@ class DynamicsConfig(StageConfig):
     `copy_gate` (needs `prev_token_input`; default off) adds to each position's logit of frame t-1's token
     there a gate the model computes from its output, starting at log(v - 1): "keep the previous token"
     is then the prediction from step 0 (copy-last accuracy), and training learns where to change it.
+
+    `null_action` (default off, so older exports load unchanged) gives the model a learned "action unknown"
+    embedding that may stand in for any a_t: training's action dropout (`DynamicsModule(action_dropout=p)`)
+    teaches it, and classifier-free guidance at sampling (`SamplingSettings.guidance`) contrasts the frame
+    predicted under a_t with the frame predicted under it. A model without one cannot be guided.
     """
 
     PRESET_KIND = "dynamics"
@@ -47,6 +52,7 @@ class DynamicsConfig(StageConfig):
     action_conditioning: str = "additive"
     prev_token_input: bool = False
     copy_gate: bool = False
+    null_action: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) or len(self.grid) != 2:
@@ -63,6 +69,8 @@ class DynamicsConfig(StageConfig):
             raise ValueError(f"prev_token_input must be true or false, got {self.prev_token_input!r}")
         if not isinstance(self.copy_gate, bool):
             raise ValueError(f"copy_gate must be true or false, got {self.copy_gate!r}")
+        if not isinstance(self.null_action, bool):
+            raise ValueError(f"null_action must be true or false, got {self.null_action!r}")
         if self.copy_gate and not self.prev_token_input:
             raise ValueError("copy_gate needs prev_token_input: true (it boosts the previous frame's token)")
         if self.action_conditioning not in ACTION_CONDITIONINGS:

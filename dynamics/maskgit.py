@@ -155,6 +155,9 @@ def maskgit_decode(
     generator: torch.Generator | None = None,
     schedule: Callable[[float], float] = cosine_schedule,
     device: torch.device | str | None = None,
+    top_k: int | None = None,
+    guidance: float = 0.0,
+    uncond_logits_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Fill `batch_size` frames of `num_tokens` tokens, all masked at the start, by MaskGIT iterative
     decoding (Chang et al. 2022, Alg. 1; Genie §2.3).
@@ -168,6 +171,10 @@ def maskgit_decode(
     a random order — and keep the best-scored ones so that exactly `masked_counts(N, K)[k]` stay
     masked; the rest return to MASK; a token once unmasked never changes. After step K-1 no token is
     masked. Returns tokens (b, n) int64. Draws come from `generator` (its device must match logits').
+    top_k: sample (and score) among the k most likely tokens only (None: all of them).
+    guidance: classifier-free guidance weight w (Ho & Salimans 2022): the logits become
+        cond + w * (cond - uncond), uncond from `uncond_logits_fn` (the same call without the condition);
+        0 (the default) is the plain conditional model and never calls it.
     """
     if unmask not in UNMASK_RULES:
         raise ValueError(f"unmask must be one of {UNMASK_RULES}, got {unmask!r}")
@@ -175,6 +182,12 @@ def maskgit_decode(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if choice_temperature < 0:
         raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if guidance and uncond_logits_fn is None:
+        raise ValueError("guidance > 0 needs uncond_logits_fn (the logits without the condition)")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
@@ -191,6 +204,10 @@ def maskgit_decode(
         # the per-vocabulary work (Gumbel noise, softmax) over every position cost ~10% of a step.
         where = masked.nonzero(as_tuple=True)  # ((m,), (m,))
         lm = logits[where].float()  # (m, v)
+        if guidance:
+            lm = lm + guidance * (lm - uncond_logits_fn(tokens)[where].float())  # classifier-free guidance
+        if top_k is not None and top_k < lm.shape[-1]:
+            lm = lm.masked_fill(lm < lm.topk(top_k, dim=-1).values[:, -1:], -math.inf)  # (m, v): k finite per row
         if temperature == 0:
             picked = lm.argmax(dim=-1)
         else:

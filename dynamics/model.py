@@ -53,6 +53,9 @@ class DynamicsModel(nn.Module):
         # Frame 0 has no incoming action. A separate parameter rather than an extra embedding row,
         # so an out-of-range action id fails loudly instead of silently meaning "no action".
         self.no_action = nn.Parameter(torch.zeros(d))
+        # "Action unknown" for any transition (action dropout in training, the unconditional half of
+        # classifier-free guidance when sampling); only with config.null_action, so older exports load.
+        self.null_action = nn.Parameter(torch.zeros(d)) if config.null_action else None
         # "token" conditioning prepends one action slot to every frame's n tokens.
         self.num_slots = n + 1 if config.action_conditioning == "token" else n
         self.transformer = STTransformer(
@@ -78,6 +81,8 @@ class DynamicsModel(nn.Module):
             nn.init.normal_(self.prev_embed.weight, std=0.02)
         nn.init.normal_(self.action_embed.weight, std=0.02)
         nn.init.normal_(self.no_action, std=0.02)
+        if self.null_action is not None:
+            nn.init.normal_(self.null_action, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         if self.copy_gate is not None:
@@ -120,12 +125,15 @@ class DynamicsModel(nn.Module):
 
     # ---- model --------------------------------------------------------------------------------
 
-    def _incoming_actions(self, actions: Tensor | None, b: int, t: int, num_past: int) -> Tensor:
+    def _incoming_actions(self, actions: Tensor | None, b: int, t: int, num_past: int,
+                          null_actions: Tensor | None = None) -> Tensor:
         """The embedding of the action leading into each of the t new frames: (b, t, d)."""
         d = self.config.width
         # New frame i sits at absolute index P + i and is led to by actions[:, P + i - 1].
         first = max(num_past - 1, 0)
         emb = self.action_embed(actions[:, first:].long()) if actions is not None else None  # (b, t or t-1, d)
+        if null_actions is not None and emb is not None:
+            emb = torch.where(null_actions[:, first:, None], self.null_action.to(emb.dtype), emb)
         if num_past == 0:
             start = repeat(self.no_action, "d -> b 1 d", b=b)
             emb = start if emb is None else torch.cat([start, emb], dim=1)
@@ -140,6 +148,7 @@ class DynamicsModel(nn.Module):
         return_cache: bool = False,
         prev_tokens: Tensor | None = None,
         where: Tensor | None = None,
+        null_actions: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, KVCache]:
         """Logits for every token of the given frames (or of the positions `where` selects).
 
@@ -157,11 +166,20 @@ class DynamicsModel(nn.Module):
         where: (b, t, h, w) bool: compute the logits of these positions only, as (m, v) rows in the order of
             `logits[where]` (the same values); training scores the masked positions alone, and the output head
             and its (b, t, n, v) tensor are the largest part of a step after the transformer.
+        null_actions: (b, P + t - 1) bool, like `actions`: where True the action is replaced by the learned null
+            action ("unknown": action dropout, the unconditional half of classifier-free guidance). Needs
+            `config.null_action`. Only the entries that condition the new frames matter (the cache holds the rest).
         Returns logits (b, t, h, w, v) ((m, v) with `where`), or (logits, cache of P + t frames) with `return_cache`.
         """
         num_past = 0 if cache is None else cache.num_frames
         self._check_inputs(tokens, actions, num_past)
         b, t = tokens.shape[:2]
+        if null_actions is not None:
+            if self.null_action is None:
+                raise ValueError("null_actions needs a model with config.null_action (this one has no null action)")
+            if actions is None or null_actions.shape != actions.shape or null_actions.dtype != torch.bool:
+                raise ValueError(f"null_actions must be a bool tensor shaped like actions "
+                                 f"{None if actions is None else tuple(actions.shape)}, got {tuple(null_actions.shape)}")
 
         x = self.token_embed(rearrange(tokens.long(), "b t h w -> b t (h w)"))  # (b, t, n, d)
         if self.prev_embed is not None:
@@ -173,7 +191,7 @@ class DynamicsModel(nn.Module):
             if prev_tokens.shape != tokens.shape:
                 raise ValueError(f"prev_tokens must be {tuple(tokens.shape)} like tokens, got {tuple(prev_tokens.shape)}")
             x = x + self.prev_embed(rearrange(prev_tokens.long(), "b t h w -> b t (h w)"))
-        act = self._incoming_actions(actions, b, t, num_past)  # (b, t, d)
+        act = self._incoming_actions(actions, b, t, num_past, null_actions)  # (b, t, d)
         if self.config.action_conditioning == "additive":
             x = x + act[:, :, None, :]  # Genie §2.3: added to every token of the frame
         else:

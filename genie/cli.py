@@ -120,6 +120,13 @@ def _parse_real_actions(text: str) -> list[str]:
     return items
 
 
+def add_sampling_levers(p: argparse.ArgumentParser) -> None:
+    """--top-k and --guidance (genie.sampling.SamplingSettings checks them)."""
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only (default: all)")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w: logits = cond + "
+                   "w·(cond − uncond); needs a dynamics model trained with a null action (default 0: off)")
+
+
 def _cmd_generate(a: argparse.Namespace) -> None:
     import torch
 
@@ -131,7 +138,8 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     from genie.world_model import WorldModel
 
     out = check_output_path(a.out)
-    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop)
+    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
+                                top_k=a.top_k, guidance=a.guidance)
     names = _parse_real_actions(a.real_actions) if a.real_actions is not None else None
     actions = _parse_actions(a.actions) if names is None else None
     dev = resolve_device(a.device)
@@ -172,7 +180,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
                    horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device,
-                   probe_data=a.probe_data, probe_cache=a.probe_cache)
+                   probe_data=a.probe_data, probe_cache=a.probe_cache, top_k=a.top_k, guidance=a.guidance)
     if not res.main_process:  # under torchrun every process evaluated its share; one writes
         return
     table = markdown_table(res)
@@ -221,7 +229,8 @@ def _cmd_play(a: argparse.Namespace) -> None:
     from genie.play import serve
     from genie.sampling import SamplingSettings
 
-    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop)
+    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
+                                top_k=a.top_k, guidance=a.guidance)
     serve(a.model, settings=settings, host=a.host, port=a.port, device=a.device, data=a.data, split=a.split,
           keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
 
@@ -389,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(g, "--steps", help="MaskGIT steps per frame")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     add_option(g, "--seed", help="same seed → same frames")
+    add_sampling_levers(g)
     g.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per frame "
                                                              "(default: its whole window)")
     g.add_argument("--window-hop", type=int, default=1, help="frames the full context drops at once (1: Genie's "
@@ -416,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(e, "--steps")
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
+    add_sampling_levers(e)
     e.add_argument("--i3d", default=None, metavar="FILE",
                    help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
                         "or .safetensors) to compute FVD of the rollouts; never downloaded")
@@ -482,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     add_option(pl, "--steps", default=8, help="MaskGIT steps per frame (the page can change it)")
     pl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    add_sampling_levers(pl)
     pl.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per step "
                                                               "(default: its whole window; fewer is faster)")
     pl.add_argument("--window-hop", type=int, default=None, help="frames the full context drops at once, so the "

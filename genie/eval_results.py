@@ -238,6 +238,8 @@ class WorldModelResult:
     action_margin_db: list[float] | None = None  # inferred minus the best other action, one step from true context
     action_margin_mean_db: Interval | None = None
     action_margin_clips: int | None = None
+    top_k: int | None = None  # the sampling's top-k and classifier-free guidance (written only when used)
+    guidance: float = 0.0
 
     @property
     def above_baseline_every_step(self) -> bool:
@@ -245,7 +247,9 @@ class WorldModelResult:
 
     def to_dict(self) -> dict:
         out = {"clips": self.clips, "horizon": self.horizon, "maskgit_steps": self.maskgit_steps,
-               "temperature": self.temperature, "rollout_psnr_db": self.rollout_psnr_db, "rollout_ssim": self.rollout_ssim,
+               "temperature": self.temperature, **({"top_k": self.top_k} if self.top_k is not None else {}),
+               **({"guidance": self.guidance} if self.guidance else {}),
+               "rollout_psnr_db": self.rollout_psnr_db, "rollout_ssim": self.rollout_ssim,
                "copy_last_frame_psnr_db": self.copy_last_frame_psnr_db,
                "above_baseline_every_step": self.above_baseline_every_step,
                "rollout_mean_psnr_db": self.rollout_mean_psnr_db,

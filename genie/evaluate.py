@@ -419,6 +419,7 @@ def evaluate_world_model(wm, data, split: str, num_clips: int, seed: int, horizo
     ps, base, base_tok, recon = f["rollout"], f["copy_last"], f["copy_last_tokens"], f["tokenizer_recon"]
     res = WorldModelResult(
         clips=len(ds), horizon=horizon, maskgit_steps=settings.steps, temperature=settings.temperature,
+        top_k=settings.top_k, guidance=settings.guidance,
         rollout_psnr_db=per_step(ps), rollout_ssim=per_step(f["rollout_ssim"]), copy_last_frame_psnr_db=per_step(base),
         rollout_mean_psnr_db=float(ps.mean()), copy_last_frame_mean_psnr_db=float(base.mean()),
         mean_psnr_minus_copy_last_db=mean_ci95((ps.mean(1) - base.mean(1)).numpy()),
@@ -462,17 +463,19 @@ def _load_stages(p: Path) -> dict:
 def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, num_clips: int = 128, seed: int = 0,
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
              progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
-             probe_data: str | Path | None = None, probe_cache: str | Path | None = None) -> Evaluation:
+             probe_data: str | Path | None = None, probe_cache: str | Path | None = None, top_k: int | None = None,
+             guidance: float = 0.0) -> Evaluation:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
     `split`: None picks test, else val, else train (whichever holds episodes) and says which on stderr.
-    `steps`, `temperature`: how rollouts sample (genie.sampling.SamplingSettings, checked before anything loads).
+    `steps`, `temperature`, `top_k`, `guidance`: how rollouts sample (genie.sampling.SamplingSettings, checked before
+    anything loads).
     `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed.
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling (genie.ceiling) scored beside
     the LAM (default `data`); `probe_cache`: where trained ceilings are cached (default `<probe_data>/.genie-cache`).
     Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
-    sampling = SamplingSettings(steps=steps, temperature=temperature)
+    sampling = SamplingSettings(steps=steps, temperature=temperature, top_k=top_k, guidance=guidance)
     dev = resolve_device(device)
     p = Path(model_dir)
     torch.manual_seed(seed)

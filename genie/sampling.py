@@ -8,7 +8,8 @@ decoding step costs one frame of compute. The dynamics model has absolute tempor
 cache is rebuilt from them (one forward of the window per new frame, or per `window_hop` frames).
 `Rollout` is the open-ended form (one `step` per frame, `truncate` to undo) that `WorldModel.step` keeps
 between calls; `rollout_tokens` runs one over a list of actions. `SamplingSettings` is how they sample (MaskGIT
-steps, temperature, unmasking rule, context, window hop), checked in one place for every caller.
+steps, temperature, top-k, classifier-free guidance, unmasking rule, context, window hop), checked in one place for
+every caller.
 
 Shape legend: b batch, t frames, h w token grid, n tokens per frame (h*w), v vocabulary.
 """
@@ -28,6 +29,7 @@ from genie.core.errors import GenieInputError
 
 MAX_STEPS = 64  # MaskGIT steps per frame: Genie samples with 25; past 64 only the wait grows
 MAX_TEMPERATURE = 10.0  # softmax(logits / 10) is already close to uniform for a trained model
+MAX_GUIDANCE = 10.0  # classifier-free guidance weight; past a few the guided logits only sharpen toward one token
 AUTO_WINDOW_HOP = 4  # window_hop=None: the cache is rebuilt on one new frame in 4 (genie play's default)
 
 
@@ -41,6 +43,9 @@ class SamplingSettings:
     on every `dataclasses.replace`), for `genie generate`, `genie play`, the world model and the rollout.
 
     steps: MaskGIT steps per frame, 1..MAX_STEPS. temperature: 0 (greedy)..MAX_TEMPERATURE.
+    top_k: sample among the k most likely tokens only, k >= 1 (None: all).
+    guidance: classifier-free guidance weight w, 0..MAX_GUIDANCE: logits = cond + w * (cond - uncond), uncond being
+        the prediction under the dynamics model's learned null action (`DynamicsConfig.null_action`); 0: off.
     unmask: which tokens a MaskGIT step keeps (`dynamics.maskgit.UNMASK_RULES`).
     context: past frames a new frame sees at most, 1..the dynamics model's num_frames - 1 (None: all of them).
     window_hop: once the context is full, frames it drops at once, 1..context (see `Rollout`); None: AUTO_WINDOW_HOP,
@@ -56,6 +61,8 @@ class SamplingSettings:
     context: int | None = None
     window_hop: int | None = 1
     max_context: int | None = None
+    top_k: int | None = None
+    guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
@@ -65,6 +72,11 @@ class SamplingSettings:
             raise GenieInputError(f"temperature {t!r}: must be a number 0..{MAX_TEMPERATURE:g} (0 = greedy)")
         if self.unmask not in UNMASK_RULES:
             raise GenieInputError(f"unmask {self.unmask!r}: must be one of {', '.join(UNMASK_RULES)}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise GenieInputError(f"top-k {self.top_k!r}: must be a whole number >= 1 (or none: every token)")
+        w = self.guidance
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w <= MAX_GUIDANCE:
+            raise GenieInputError(f"guidance {w!r}: must be a number 0..{MAX_GUIDANCE:g} (0 = off)")
         m = self.max_context
         if m is not None and (not _is_int(m) or m < 1):
             raise ValueError(f"max_context must be the dynamics model's context_frames (>= 1), got {m!r}")
@@ -77,10 +89,11 @@ class SamplingSettings:
         if hop is not None and (not _is_int(hop) or not 1 <= hop <= (full or hop)):
             raise GenieInputError(f"window hop {hop!r}: " + (f"must be 1..{full} (the context)" if full else
                                                             "must be a whole number of frames >= 1"))
-        for name in ("steps", "context", "window_hop", "max_context"):  # numpy integers in, plain ones stored
+        for name in ("steps", "context", "window_hop", "max_context", "top_k"):  # numpy integers in, plain ones stored
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "guidance", float(w))
 
     @classmethod
     def from_args(cls, settings: SamplingSettings | None = None, **fields) -> SamplingSettings:
@@ -94,7 +107,11 @@ class SamplingSettings:
         return dataclasses.replace(self, **given) if given else self
 
     def for_dynamics(self, dynamics) -> SamplingSettings:
-        """These settings checked against a dynamics model's window (its `config.context_frames`)."""
+        """These settings checked against a dynamics model: its window (`config.context_frames`), and guidance
+        needs its null action."""
+        if self.guidance and not getattr(dynamics.config, "null_action", False):
+            raise GenieInputError(f"guidance {self.guidance:g}: this dynamics model has no null action to guide "
+                                  "against (train it with model.config.null_action: true and action_dropout > 0)")
         m = dynamics.config.context_frames
         return self if self.max_context == m else dataclasses.replace(self, max_context=m)
 
@@ -175,7 +192,8 @@ class Rollout:
         """Generate the next frame for `action` (b,) int64: returns its tokens (b, h, w) and appends it.
 
         settings: this frame's (default: the rollout's); steps, temperature, unmask: its fields, given separately.
-        Its context and window hop must be the rollout's."""
+        Its context and window hop must be the rollout's. With guidance, each MaskGIT step also runs the model with
+        `action` replaced by the null action (the past frames' actions and cache are shared)."""
         s = (self.settings if settings is None else settings.for_dynamics(self.dynamics)).override(
             steps=steps, temperature=temperature, unmask=unmask)
         if (s.effective_context, s.effective_hop) != (self.context, self.window_hop):
@@ -197,18 +215,27 @@ class Rollout:
                 self.cached_upto = t_new
             cache, prev = self.cache, self.frames[t_new - 1][:, None]  # the frame before the new one
 
-            def logits_fn(x: Tensor) -> Tensor:
-                out = dyn(x.view(b, 1, h, w), ctx_actions, cache=cache, prev_tokens=prev)
+            def logits_fn(x: Tensor, null: Tensor | None = None) -> Tensor:
+                out = dyn(x.view(b, 1, h, w), ctx_actions, cache=cache, prev_tokens=prev, null_actions=null)
                 return rearrange(out, "b 1 h w v -> b (h w) v")
         else:
             context = torch.stack(self.frames[start:t_new], dim=1)
 
-            def logits_fn(x: Tensor) -> Tensor:
-                out = dyn(torch.cat([context, x.view(b, 1, h, w)], dim=1), ctx_actions)
+            def logits_fn(x: Tensor, null: Tensor | None = None) -> Tensor:
+                out = dyn(torch.cat([context, x.view(b, 1, h, w)], dim=1), ctx_actions, null_actions=null)
                 return rearrange(out[:, -1], "b h w v -> b (h w) v")
 
+        uncond_fn = None
+        if s.guidance:
+            null = torch.zeros_like(ctx_actions, dtype=torch.bool)
+            null[:, -1] = True  # the new frame's action only: the past is the same in both halves
+
+            def uncond_fn(x: Tensor) -> Tensor:
+                return logits_fn(x, null)
+
         new = maskgit_decode(logits_fn, n, mask_id=dyn.mask_id, batch_size=b, steps=s.steps, temperature=s.temperature,
-                             unmask=s.unmask, generator=generator, device=self.frames[0].device).view(b, h, w)
+                             unmask=s.unmask, generator=generator, device=self.frames[0].device, top_k=s.top_k,
+                             guidance=s.guidance, uncond_logits_fn=uncond_fn).view(b, h, w)
         self.frames.append(new)
         self.actions.append(action)
         self.starts.append(start)
