@@ -240,7 +240,8 @@ def _cmd_agent_train(a: argparse.Namespace) -> None:
 
     res = train_agent(a.kind, a.data, a.out, model=a.model, labels=a.labels, steps=a.steps, batch=a.batch_size, lr=a.lr,
                       preset=a.preset, seed=a.seed, act=a.act, decode=a.decode, policy_from=a.policy_from,
-                      max_episodes=a.max_episodes, device=a.device, overwrite=a.overwrite, progress=not a.quiet)
+                      max_episodes=a.max_episodes, device=a.device, overwrite=a.overwrite, progress=not a.quiet,
+                      balance=a.balance)
     t = res["training"]
     val = f", held-out accuracy {t['val_accuracy']:.3f} (majority {t['val_majority_accuracy']:.3f})" \
         if "val_accuracy" in t else ""
@@ -329,10 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--action-repeat", default="1", metavar="MEAN",  # checked by record_coinrun: one error line
                    help="random policy holds each action for a geometric number of steps with this mean "
                         "(keeps it with probability 1 - 1/MEAN per step); 1 = a fresh uniform action every step")
-    c.add_argument("--policy", default="random", choices=["random", "search"],
+    c.add_argument("--policy", default="random", choices=["random", "search", "search-right"],
                    help="random (Genie App. F), or search: a demonstrator that looks ahead in the simulator "
                         "(Procgen state save/restore) and reaches the coin on nearly every level (Genie §3.3's "
-                        "expert videos)")
+                        "expert videos); search-right: the same with RIGHT, not RIGHT+UP, as its default move")
     c.add_argument("--successes-only", action="store_true",
                    help="keep only episodes that reached the coin, until --episodes are kept (filtered cloning)")
     add_option(c, "--split", default="auto", choices=["auto", *SPLITS],
@@ -526,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--batch-size", type=int, default=64)
     at.add_argument("--lr", type=float, default=1e-3)
     at.add_argument("--preset", default="cpu", choices=["cpu", "debug"], help="policy CNN size")
+    at.add_argument("--balance", type=float, default=0.0,
+                    help="class weighting of the cloning loss: weights count^-BALANCE (0 plain, 1 every class equal)")
     at.add_argument("--act", default="sample", choices=["sample", "argmax"],
                     help="how the agent picks from its policy's output when playing")
     at.add_argument("--decode", default="sample", choices=["sample", "argmax"],

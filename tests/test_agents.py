@@ -14,10 +14,10 @@ import torch
 
 from data_pipelines.storage import DatasetWriter
 from genie.agents.agent import ClonedPolicy, dictionary_probs, load_agent
-from genie.agents.evaluate import wilson_interval
+from genie.agents.evaluate import bar_markdown, paired_difference, report_markdown, wilson_interval
 from genie.agents.loop import play
 from genie.agents.model import PolicyConfig, PolicyNet
-from genie.agents.train import Transitions, lam_labels, raw_action_table
+from genie.agents.train import Transitions, class_weights, lam_labels, raw_action_table
 from genie.core.errors import GenieInputError
 from genie.export import save_export
 from latent_actions.config import LatentActionConfig
@@ -112,6 +112,42 @@ def test_wilson_interval():
     lo, hi = wilson_interval(5, 10)
     assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
     assert wilson_interval(200, 200)[1] == 1.0
+
+
+def _eval(kind, wins, n=10, **kw):
+    """A genie agent eval result of `kind` that succeeds on the levels in `wins` (of levels 0..n-1)."""
+    per = [[lv, int(lv in wins), 10.0 * (lv in wins), 5] for lv in range(n)]
+    return {"kind": kind, "success_rate": len(wins) / n, "ci95": list(wilson_interval(len(wins), n)),
+            "mean_return": 10.0 * len(wins) / n, "return_ci95": [0.0, 10.0], "episodes": n, "levels": [0, n],
+            "cpu_seconds": 1.0, "per_level": per, **kw}
+
+
+def test_report_pairs_agents_with_the_constant_policy_and_checks_the_bar():
+    rand, base = _eval("random", {0}), _eval("right-up", {0, 1, 2, 3, 4})
+    oracle = _eval("oracle", {0, 1, 2, 3, 4, 5, 6, 7, 8}, act="sample")
+    latent = _eval("latent", {0, 1, 2, 3, 4, 5}, labels=200, decode="sample")
+    assert paired_difference(oracle, base)[0] == 0.4
+    assert paired_difference(base, base) == (0.0, 0.0, 0.0)
+    assert paired_difference(oracle, {**base, "per_level": [[99, 1, 10.0, 5]]}) is None  # no shared level
+    md = report_markdown([latent, oracle, base, rand])
+    assert "Δ success vs always RIGHT+UP" in md and "+0.400" in md
+    # (0.6 - 0.1) / (0.9 - 0.1) = 0.625 of the gain over random; (0.6 - 0.5) / (0.9 - 0.5) = 0.25 over RIGHT+UP
+    assert "recovers 0.625 of the gain over random (bar NOT met); 0.250 of the gain over always RIGHT+UP" in md
+    assert "above random's 0.100" in md
+    good = _eval("latent", {0, 1, 2, 3, 4, 5, 6, 7}, labels=200, decode="argmax")
+    assert "recovers 0.875 of the gain over random (bar met)" in bar_markdown([rand, oracle, good])
+    assert "n/a" in bar_markdown([_eval("random", {0, 1}), _eval("oracle", {0}), good])
+    assert bar_markdown([oracle, latent]) == ""  # no random play to measure a gain from
+
+
+def test_class_weights_balance_the_loss():
+    t = np.array([0] * 90 + [1] * 10)
+    assert class_weights(t, 3, 0.0) is None
+    w = class_weights(t, 3, 1.0).numpy()
+    assert np.isclose(w[0] * 90, w[1] * 10) and w[2] == 0  # each present class weighs the same in total
+    assert np.isclose((w[t]).mean(), 1.0)  # the mean weight per transition stays 1
+    half = class_weights(t, 3, 0.5).numpy()
+    assert np.isclose(half[1] / half[0], 3.0)
 
 
 class FakeLevelEnv:
@@ -275,3 +311,6 @@ def test_the_demonstrator_beats_random_play():
     search, rand = evaluate_agent("search", **kw), evaluate_agent("random", **kw)
     assert search["successes"] == 4 > rand["successes"]
     assert search["mean_steps"] < rand["mean_steps"]
+    # search-right's default move alone (always RIGHT) is stopped by the first wall; its search is not
+    kw["max_steps"] = 200
+    assert evaluate_agent("search-right", **kw)["successes"] == 4 > evaluate_agent("right", **kw)["successes"]

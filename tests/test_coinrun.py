@@ -165,6 +165,19 @@ def test_search_demonstrator_is_deterministic_and_named_in_the_card(tmp_path):
     assert recipe["policy_name"] == "search" and recipe["policy"].startswith("search demonstrator")
 
 
+def test_search_right_swaps_the_default_move_and_keeps_the_search():
+    h = 32
+    lib, right = coinrun._candidate_library(h), coinrun._candidate_library(h, coinrun._RIGHT)
+    assert (lib[0] == coinrun._RIGHT_UP).all() and (lib[1] == coinrun._RIGHT).all()  # search's library as before
+    assert (right[0] == coinrun._RIGHT).all() and (right[1] == coinrun._RIGHT_UP).all()
+    assert lib.shape == right.shape
+    # the two libraries are the same sequences with RIGHT and RIGHT+UP exchanged
+    swap = {coinrun._RIGHT: coinrun._RIGHT_UP, coinrun._RIGHT_UP: coinrun._RIGHT}
+    assert (np.vectorize(lambda a: swap.get(int(a), int(a)))(lib) == right).all()
+    assert "hold-RIGHT (jumps only" in coinrun.policy_name(1, "search-right")
+    assert coinrun.policy_name(1, "search") == coinrun.SearchExpert.DESCRIPTION
+
+
 def test_policy_options_are_checked(tmp_path):
     from genie.core.errors import GenieInputError
 

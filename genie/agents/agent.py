@@ -40,9 +40,11 @@ BASELINES = {
     "random": "uniform random over CoinRun's 15 actions, a fresh one every step",
     "held": "uniform random with held actions (geometric hold, mean 8 steps; genie data coinrun --action-repeat 8)",
     "right-up": "always RIGHT+UP: run right, jumping whenever on the ground (the demonstrator's default move)",
+    "right": "always RIGHT: run right, never jumping (search-right's default move)",
     "search": SearchExpert.DESCRIPTION,
+    "search-right": SearchExpert.describe("search-right"),
 }
-RIGHT_UP = 8  # CoinRun's raw action id of RIGHT+UP (data_pipelines.coinrun.ACTION_NAMES)
+RIGHT_UP, RIGHT = 8, 7  # CoinRun's raw action ids of RIGHT+UP and RIGHT (data_pipelines.coinrun.ACTION_NAMES)
 
 
 @dataclass
@@ -181,9 +183,10 @@ def baseline_policy(name: str, env, seed: int):
     if name == "random" or name == "held":
         rp = RandomPolicy(env.num_envs, seed, 1.0 if name == "random" else 8.0)
         return lambda frames, first, generator: rp()
-    if name == "right-up":
-        return lambda frames, first, generator: np.full(len(first), RIGHT_UP, np.int64)
-    if name == "search":
-        expert = SearchExpert(env.num_envs, seed)
+    if name in ("right-up", "right"):
+        const = RIGHT_UP if name == "right-up" else RIGHT
+        return lambda frames, first, generator: np.full(len(first), const, np.int64)
+    if name in SearchExpert.DEFAULTS:
+        expert = SearchExpert(env.num_envs, seed, default=SearchExpert.DEFAULTS[name])
         return lambda frames, first, generator: expert(env, first)
     raise GenieInputError(f"--agent {name!r}: no such folder or baseline ({', '.join(BASELINES)})")

@@ -50,7 +50,7 @@ def evaluate_agent(agent: str | Path, start_level: int, num_levels: int, seed: i
                    act: str | None = None, decode: str | None = None, max_steps: int = 1000, device: str = "auto",
                    progress: bool = True) -> dict:
     """Play one episode of each level start_level .. start_level + num_levels - 1 with `agent` (an agent folder, or
-    a baseline: random, held, search) and score it."""
+    a baseline: BASELINES) and score it."""
     from tqdm.auto import tqdm
 
     if num_levels < 1 or start_level < 0:
@@ -104,20 +104,87 @@ def evaluate_agent(agent: str | Path, start_level: int, num_levels: int, seed: i
 def _label(r: dict) -> str:
     if r["kind"] == "latent":
         return f"latent BC, N = {r['labels']}" + (f" ({r['decode']} decode)" if r.get("decode") else "")
+    if r["kind"] == "oracle":
+        return "oracle BC (true actions" + (f", {r['act']} act" if r.get("act") else "") + ")"
     return {"random": "random (uniform)", "held": "random (held actions)", "right-up": "always RIGHT+UP",
-            "search": "demonstrator (search)",
-            "oracle": "oracle BC (true actions)"}.get(r["kind"], r["kind"])
+            "right": "always RIGHT", "search": "demonstrator (search)",
+            "search-right": "demonstrator (search-right)"}.get(r["kind"], r["kind"])
+
+
+def paired_difference(a: dict, b: dict, z: float = Z95) -> tuple[float, float, float] | None:
+    """Success of `a` minus success of `b` on the levels both played (each level once), with the normal 95% interval
+    of the mean paired difference: the agents share their levels, so the paired interval is narrower than the two
+    Wilson intervals side by side. None when they share no level."""
+    sa = {lv: s for lv, s, *_ in a.get("per_level", [])}
+    sb = {lv: s for lv, s, *_ in b.get("per_level", [])}
+    common = sorted(set(sa) & set(sb))
+    if not common:
+        return None
+    d = np.array([sa[lv] - sb[lv] for lv in common], np.float64)
+    lo, hi = mean_interval(d, z)
+    return float(d.mean()), lo, hi
+
+
+def _ordered(evals: list[dict]) -> list[dict]:
+    order = {"random": 0, "held": 1, "right": 2, "right-up": 3, "search": 4, "search-right": 5, "oracle": 6,
+             "latent": 7}
+    return sorted(evals, key=lambda r: (order.get(r["kind"], 9), r.get("labels") or 0, r.get("act") or "",
+                                        r.get("decode") or ""))
 
 
 def report_markdown(evals: list[dict]) -> str:
-    """One row per evaluation: success with its interval, mean return with its interval, episodes, time."""
-    order = {"random": 0, "held": 1, "right-up": 2, "search": 3, "oracle": 4, "latent": 5}
-    rows = ["| agent | success (95% CI) | mean return (95% CI) | episodes | levels | CPU s |", "|---|---|---|---|---|---|"]
-    for r in sorted(evals, key=lambda r: (order.get(r["kind"], 9), r.get("labels") or 0, r.get("decode") or "")):
-        rows.append(f"| {_label(r)} | {r['success_rate']:.3f} ({r['ci95'][0]:.3f}–{r['ci95'][1]:.3f}) | "
-                    f"{r['mean_return']:.2f} ({r['return_ci95'][0]:.2f}–{r['return_ci95'][1]:.2f}) | {r['episodes']} | "
-                    f"{r['levels'][0]}–{r['levels'][1] - 1} | {r['cpu_seconds']:.0f} |")
-    return "\n".join(rows) + "\n"
+    """One row per evaluation: success with its interval, mean return with its interval, episodes, time; with an
+    always-RIGHT+UP evaluation among them, each agent's paired success difference from it (the constant policy that
+    tells whether a cloned agent does anything that depends on what it sees); then the issue's bar (bar_markdown)."""
+    base = next((r for r in evals if r["kind"] == "right-up"), None)
+    head = "| agent | success (95% CI) | mean return (95% CI) |"
+    head += " Δ success vs always RIGHT+UP (paired 95% CI) |" if base is not None else ""
+    rows = [head + " episodes | levels | CPU s |", "|---" * (head.count("|") + 2) + "|"]
+    for r in _ordered(evals):
+        row = (f"| {_label(r)} | {r['success_rate']:.3f} ({r['ci95'][0]:.3f}–{r['ci95'][1]:.3f}) | "
+               f"{r['mean_return']:.2f} ({r['return_ci95'][0]:.2f}–{r['return_ci95'][1]:.2f}) |")
+        if base is not None:
+            diff = None if r is base else paired_difference(r, base)
+            row += " – |" if diff is None else f" {diff[0]:+.3f} ({diff[1]:+.3f} to {diff[2]:+.3f}) |"
+        rows.append(row + f" {r['episodes']} | {r['levels'][0]}–{r['levels'][1] - 1} | {r['cpu_seconds']:.0f} |")
+    return "\n".join(rows) + "\n" + bar_markdown(evals)
+
+
+def bar_markdown(evals: list[dict], labels: int = 200) -> str:
+    """Issue 25's bar, from the evaluations present: oracle BC's interval above random's success, and the share of
+    oracle BC's success gain over random that latent BC at N = `labels` recovers (bar: >= 0.8), for every oracle
+    and latent evaluation (act/decode rules); the same share over always-RIGHT+UP where it was evaluated."""
+    rand = next((r for r in evals if r["kind"] == "random"), None)
+    base = next((r for r in evals if r["kind"] == "right-up"), None)
+    oracles = _ordered([r for r in evals if r["kind"] == "oracle"])
+    latents = _ordered([r for r in evals if r["kind"] == "latent" and r.get("labels") == labels])
+    if rand is None or not oracles:
+        return ""
+    lines = ["", f"Bar (issue 25): oracle BC's 95% CI above random's success ({rand['success_rate']:.3f}); latent BC "
+                 f"at N = {labels} recovers >= 0.8 of oracle BC's success gain over random.", ""]
+    for o in oracles:
+        above = o["ci95"][0] > rand["success_rate"]
+        lines.append(f"- {_label(o)}: CI {o['ci95'][0]:.3f}–{o['ci95'][1]:.3f} {'above' if above else 'NOT above'} "
+                     f"random's {rand['success_rate']:.3f} (random's CI {rand['ci95'][0]:.3f}–{rand['ci95'][1]:.3f})")
+    for o in oracles:
+        for lat in latents:
+            share = recovered_share(lat, o, rand)
+            text = f"- {_label(lat)} vs {_label(o)}: recovers {_fmt_share(share)} of the gain over random " + \
+                ("(bar met)" if share is not None and share >= 0.8 else "(bar NOT met)")
+            if base is not None:
+                text += f"; {_fmt_share(recovered_share(lat, o, base))} of the gain over always RIGHT+UP"
+            lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+def recovered_share(agent: dict, oracle: dict, baseline: dict) -> float | None:
+    """(agent - baseline) / (oracle - baseline) in success rate; None when oracle does not beat the baseline."""
+    gain = oracle["success_rate"] - baseline["success_rate"]
+    return None if gain <= 0 else (agent["success_rate"] - baseline["success_rate"]) / gain
+
+
+def _fmt_share(share: float | None) -> str:
+    return "n/a (oracle BC does not beat it)" if share is None else f"{share:.3f}"
 
 
 def plot_success(evals: list[dict], path: str | Path, decode: str | None = None) -> Path:
@@ -130,7 +197,7 @@ def plot_success(evals: list[dict], path: str | Path, decode: str | None = None)
                     key=lambda r: r["labels"])
     if not latent:
         raise GenieInputError("no latent-BC evaluation to plot")
-    W, H, left, right, top, bottom = 760, 470, 70, 230, 50, 60
+    W, H, left, right, top, bottom = 800, 470, 80, 260, 50, 60
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
@@ -151,15 +218,17 @@ def plot_success(evals: list[dict], path: str | Path, decode: str | None = None)
         d.text((X(n), H - bottom + 8), str(n), fill="black", font=small, anchor="mt")
     d.rectangle([left, top, W - right, H - bottom], outline="black")
     d.text(((left + W - right) / 2, H - 22), "labelled transitions N (log scale)", fill="black", font=font, anchor="mm")
-    d.text((12, (top + H - bottom) / 2), "success", fill="black", font=font, anchor="lm")
+    d.text((8, (top + H - bottom) / 2), "success", fill="black", font=font, anchor="lm")
     d.text(((left + W - right) / 2, 22), "CoinRun, held-out levels: success against N (after Genie Fig. 15)",
            fill="black", font=font, anchor="mm")
 
     legend = []
-    bands = {"search": (46, 160, 67), "oracle": (31, 119, 180), "right-up": (148, 103, 189), "held": (150, 150, 150),
-             "random": (90, 90, 90)}
+    bands = {"search": (46, 160, 67), "search-right": (46, 160, 67), "oracle": (31, 119, 180),
+             "right-up": (148, 103, 189), "right": (214, 39, 40), "held": (150, 150, 150), "random": (90, 90, 90)}
+    act = latent[0].get("act")
     for kind, colour in bands.items():
-        r = next((e for e in evals if e["kind"] == kind), None)
+        same = [e for e in evals if e["kind"] == kind]  # oracle BC: the one that acts as the latent agents do
+        r = next((e for e in same if e.get("act") == act), same[0] if same else None)
         if r is None:
             continue
         lo, hi = r["ci95"]
@@ -170,7 +239,8 @@ def plot_success(evals: list[dict], path: str | Path, decode: str | None = None)
         y = Y(r["success_rate"])
         for x in range(left, W - right, 12):  # dashed
             d.line([(x, y), (min(x + 7, W - right), y)], fill=colour, width=2)
-        legend.append((colour, f"{_label(r)}: {r['success_rate']:.2f}", True))
+        name = f"oracle BC ({r['act']} act)" if kind == "oracle" and r.get("act") else _label(r)
+        legend.append((colour, f"{name}: {r['success_rate']:.3f}", True))
     orange = (230, 120, 20)
     pts = [(X(r["labels"]), Y(r["success_rate"])) for r in latent]
     d.line(pts, fill=orange, width=3) if len(pts) > 1 else None
@@ -179,7 +249,8 @@ def plot_success(evals: list[dict], path: str | Path, decode: str | None = None)
         for p in r["ci95"]:
             d.line([(x - 5, Y(p)), (x + 5, Y(p))], fill=orange, width=2)
         d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=orange)
-    legend.append((orange, "latent BC (LAM labels + map)", False))
+    decodes = sorted({r.get("decode") or "?" for r in latent})
+    legend.append((orange, f"latent BC ({'/'.join(decodes)} decode)", False))
     ly = top + 5
     for colour, text, dashed in legend:
         x0 = W - right + 12

@@ -113,21 +113,36 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise GenieInputError(f"{out}: --out exists and is not empty (pass --overwrite to replace it)")
 
 
+def class_weights(targets: np.ndarray, num_classes: int, balance: float) -> torch.Tensor | None:
+    """Cross-entropy weights count_c^-balance, scaled to a mean of 1 over the transitions (None at balance 0).
+    balance 1 weighs every class equally in the loss; 0.5 halfway (in log space). A class absent from the targets
+    gets weight 0 (it cannot be learned anyway)."""
+    if balance == 0:
+        return None
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -balance, 0.0)
+    w *= len(targets) / (w * counts).sum()
+    return torch.as_tensor(w, dtype=torch.float32)
+
+
 def fit_policy(net: PolicyNet, tr: Transitions, targets: np.ndarray, steps: int, batch: int = 64, lr: float = 1e-3,
                seed: int = 0, val: tuple[Transitions, np.ndarray] | None = None,
-               progress: Callable[[int, float], None] | None = None) -> dict:
+               progress: Callable[[int, float], None] | None = None, balance: float = 0.0) -> dict:
     """Cross-entropy on (frames → targets) for `steps` AdamW steps of `batch` random transitions (seeded), the
-    learning rate decaying to a tenth (cosine). Returns the last losses and, with `val`, held-out accuracy."""
+    learning rate decaying to a tenth (cosine); `balance` weighs the classes (class_weights). Returns the last
+    losses and, with `val`, held-out accuracy."""
     device = module_device(net)
     g = generator_for("cpu", seed)  # batch indices into the transitions, which stay in CPU memory
     y = torch.as_tensor(targets, dtype=torch.long)
+    weight = class_weights(targets, net.config.num_outputs, balance)
+    weight = None if weight is None else weight.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     net.train()
     losses = []
     for step in range(steps):
         idx = torch.randint(len(tr), (batch,), generator=g).numpy()
-        loss = F.cross_entropy(net(tr.pairs(idx).to(device)), y[idx].to(device))
+        loss = F.cross_entropy(net(tr.pairs(idx).to(device)), y[idx].to(device), weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,8 +155,10 @@ def fit_policy(net: PolicyNet, tr: Transitions, targets: np.ndarray, steps: int,
     if val is not None:
         vtr, vy = val
         pred = logits_in_batches(net, vtr.pairs(np.arange(len(vtr))).to(device)).argmax(-1).cpu().numpy()
+        recalls = [float((pred[vy == c] == c).mean()) for c in np.unique(vy)]
         res.update(val_accuracy=float((pred == vy).mean()), val_transitions=len(vy),
-                   val_majority_accuracy=float((vy == np.bincount(targets).argmax()).mean()))
+                   val_majority_accuracy=float((vy == np.bincount(targets).argmax()).mean()),
+                   val_balanced_accuracy=float(np.mean(recalls)))  # mean recall over the classes in val
     return res
 
 
@@ -149,12 +166,14 @@ def train_agent(kind: str, data: str | Path, out: str | Path, model: str | Path 
                 steps: int = 4000, batch: int = 64, lr: float = 1e-3, preset: str = "cpu", seed: int = 0,
                 act: str = "sample", decode: str = "sample", policy_from: str | Path | None = None,
                 max_episodes: int | None = None, device: str = "auto", overwrite: bool = False,
-                progress: bool = True) -> dict:
+                progress: bool = True, balance: float = 0.0) -> dict:
     """Clone the demonstrator in `data`'s train split into an agent folder at `out` (see the module doc).
 
     `model`: the LAM (a world-model folder or a LAM export) for latent BC. `labels`: N, the labelled transitions the
     latent agent's map is fitted on. `policy_from`: a latent agent whose policy (cloned on the same LAM's labels)
     is reused, so only the map is fitted (the policy does not depend on N: Genie Fig. 15's sweep is one policy).
+    `balance`: class weighting of the cloning loss (class_weights; 0 plain cross-entropy), for a demonstrator whose
+    default action dominates its labels.
     """
     from tqdm.auto import tqdm
 
@@ -166,6 +185,8 @@ def train_agent(kind: str, data: str | Path, out: str | Path, model: str | Path 
         raise GenieInputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if policy_from is not None and kind != "latent":
         raise GenieInputError("--policy-from reuses a latent agent's policy; it applies to --kind latent only")
+    if not 0 <= balance <= 1:
+        raise GenieInputError(f"--balance must be in [0, 1], got {balance}")
     if steps < (0 if policy_from is not None else 1) or batch < 1 or not lr > 0:
         raise GenieInputError("--steps must be >= 1 (0 only with --policy-from), --batch-size >= 1 and --lr > 0")
     if kind == "latent" and model is None:
@@ -239,13 +260,13 @@ def train_agent(kind: str, data: str | Path, out: str | Path, model: str | Path 
                 bar.set_postfix(loss=f"{loss:.3f}")
 
         fit_info = fit_policy(net, tr, targets, steps, batch, lr, seed,
-                              val=(vtr, vtargets) if vtr is not None else None, progress=tick)
+                              val=(vtr, vtargets) if vtr is not None else None, progress=tick, balance=balance)
         bar.close()
         c0 = clock("train", c0)
         fit_info.update(train_transitions=len(tr), steps=steps, batch=batch, lr=lr, preset=preset,
                         parameters=count_parameters(net),
                         target_counts=np.bincount(targets, minlength=pcfg.num_outputs).tolist())
-        recipe.update(steps=steps, batch=batch, lr=lr, preset=preset)
+        recipe.update(steps=steps, batch=batch, lr=lr, preset=preset, balance=balance)
 
     amap = None
     if kind == "latent":
