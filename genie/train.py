@@ -90,7 +90,7 @@ class GenieCLI(LightningCLI):
 
     Unless the YAML names its own: TensorBoard + CSV loggers, a ModelCheckpoint that keeps
     `last.ckpt` (so `--ckpt_path last` resumes) every validation interval, throughput logging, a line per
-    validation when stdout is not a terminal, and the export at the end of fitting.
+    validation and at the end when stdout is not a terminal, and the export at the end of fitting.
     """
 
     def parse_arguments(self, parser, args) -> None:
@@ -127,7 +127,7 @@ class GenieCLI(LightningCLI):
             "LearningRateMonitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                                     "init_args": {"logging_interval": "step"}},
             "ThroughputCallback": {"class_path": "genie.core.training.ThroughputCallback"},
-            "ValidationLineCallback": {"class_path": "genie.core.training.ValidationLineCallback"},
+            "ProgressLineCallback": {"class_path": "genie.core.training.ProgressLineCallback"},
             "ResumeStateCallback": {"class_path": "genie.core.training.ResumeStateCallback"},
             "ExportCallback": {"class_path": "genie.train.ExportCallback"},
         }

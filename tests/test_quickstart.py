@@ -17,11 +17,10 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     p = run_genie("quickstart", "--tiny", "--out", out, "--episodes", "4", timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "quickstart finished in" in p.stdout and "genie generate --model" in p.stdout
-    # stdout is a pipe: each stage's training says how it goes at its validations (a line each: step, loss, val
-    # metric, steps/s), and Lightning no longer warns about how the CLI was invoked
+    # stdout is a pipe: each stage's training says where it ended (4 episodes leave no val split, so no
+    # validation lines), and Lightning no longer warns about how the CLI was invoked
     for stage in ("tokenizer", "lam", "dynamics"):
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith(f"{stage} step ")]
-        assert lines and all("/30  train/loss " in ln and " val/" in ln for ln in lines), p.stdout[-3000:]
+        assert f"{stage} step 30/30  train/loss " in p.stdout, p.stdout[-3000:]
     assert "args parameter" not in p.stderr, p.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert {"tokenizer", "lam", "world_model"} <= set(report)

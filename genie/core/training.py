@@ -147,10 +147,10 @@ class ThroughputCallback(Callback):
             self._frames, self._t_last = 0, now
 
 
-class ValidationLineCallback(Callback):
-    """One line on stdout per validation when stdout is not a terminal (a log file, a pipe, `genie quickstart`'s
-    output), where the progress bar shows nothing readable: the step, the train loss, the validation metrics the
-    stage shows in its progress bar and the training steps/s since the previous line."""
+class ProgressLineCallback(Callback):
+    """One line on stdout per validation, and one when training ends, when stdout is not a terminal (a log file, a
+    pipe, `genie quickstart`'s output), where the progress bar shows nothing readable: the step, the train loss,
+    the validation metrics the stage shows in its progress bar and the training steps/s since the previous line."""
 
     def __init__(self):
         self._since = None  # (global_step, time) of the previous line
@@ -159,7 +159,15 @@ class ValidationLineCallback(Callback):
         self._since = (trainer.global_step, time.perf_counter())
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self._since is None or sys.stdout.isatty():
+        if not trainer.sanity_checking:
+            self._line(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._since is not None and self._since[0] != trainer.global_step:  # not just said by a validation
+            self._line(trainer, pl_module)
+
+    def _line(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self._since is None or sys.stdout.isatty():
             return
         step, now = trainer.global_step, time.perf_counter()
         of = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
