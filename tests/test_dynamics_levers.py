@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from genie.world_model import WorldModel
 from latent_actions.config import LatentActionConfig
 from latent_actions.model import LatentActionModel
 from tests.conftest import ROOT
+from tests.test_world_model import genie_in_process, one_error_line, world  # noqa: F401  (module-scoped debug model)
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import VideoTokenizer
 
@@ -341,3 +343,20 @@ def test_every_overlay_on_the_cpu_preset_builds_its_module(overlay):
     model = merged(base, yaml.safe_load(overlay.read_text()))["model"]
     config = DynamicsConfig.from_dict(model.pop("config"))
     DynamicsModule(config, **model)  # every key a real option, every value accepted
+
+
+def test_the_command_refuses_guidance_without_a_null_action_and_runs_it_with_one(world, guided_world, tmp_path,  # noqa: F811
+                                                                                 capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "p.png")
+    args = ["generate", "--prompt", tmp_path / "p.png", "--actions", "1,2", "--steps", "2", "--device", "cpu"]
+    code, _, err = genie_in_process(capsys, *args, "--model", world / "world", "--out", tmp_path / "a.gif",
+                                    "--guidance", "1.5")
+    assert "guidance 1.5: this dynamics model has no null action" in one_error_line(code, err)
+    assert not (tmp_path / "a.gif").exists()
+    code, _, err = genie_in_process(capsys, *args, "--model", guided_world, "--out", tmp_path / "b.gif",
+                                    "--guidance", "1.5", "--top-k", "4")
+    assert code == 0 and (tmp_path / "b.gif").is_file(), err
+    code, _, err = genie_in_process(capsys, *args, "--model", guided_world, "--out", tmp_path / "c.gif", "--top-k", "0")
+    assert "top-k 0: must be a whole number >= 1" in one_error_line(code, err)
