@@ -1,7 +1,7 @@
 """The `genie` command (also `python -m genie`).
 
 Subcommands (architecture §5): `data coinrun|import|info`, `train`, `tokenize`, `export`, `generate`, `assemble`,
-`evaluate`, `probe`, `ground`, `quickstart`, `play`, `agent train|eval|report`. Bad input raises GenieInputError
+`evaluate`, `probe`, `ground`, `quickstart`, `play`, `agent train|eval|report`, `heads train`, `plan`, `dream`. Bad input raises GenieInputError
 anywhere below; it is printed as one line on stderr with exit code 2. Each subcommand's module is imported when
 that subcommand runs, so `genie --help` or `genie data info` does not load torch, Lightning and transformers
 (seconds of start-up).
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from data_pipelines.storage import SPLITS
+from genie.acting.cli import add_commands as add_acting_commands  # heads, plan, dream (issue 28): its own parsers
 from genie.core import atomic
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES
@@ -566,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--decode", default=None, choices=["sample", "argmax"],
                     help="which latent decode to plot when both were evaluated")
     ar.set_defaults(func=_cmd_agent_report)
+
+    add_acting_commands(sub, add_option, add_device)
     return p
 
 
