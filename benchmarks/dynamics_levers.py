@@ -72,7 +72,8 @@ def row(ev: dict) -> dict:
     wm = ev["world_model"]
     box = {kind: wm.get(f"agent_box_{kind}_psnr_db") for kind in ("rollout", "copy_last")}
     val = ev["training"]["val"][-1] if ev["training"]["val"] else {}
-    r = {"lever": ev["name"], "guidance": ev["settings"]["guidance"], "steps_trained": ev["training"]["steps"],
+    r = {"lever": ev["name"], "guidance": ev["settings"]["guidance"], "top_k": ev["settings"]["top_k"],
+         "temperature": ev["settings"]["temperature"], "steps_trained": ev["training"]["steps"],
          "train_minutes": ev["training"]["train_minutes"],
          "val_next_frame_accuracy": val.get("next_frame_accuracy"), "val_copy_last_accuracy": val.get("copy_last_accuracy"),
          "rollout_mean_db": wm["rollout_mean_psnr_db"], "copy_last_mean_db": wm["copy_last_frame_mean_psnr_db"],
@@ -102,10 +103,10 @@ def table(a: argparse.Namespace) -> None:
     first = evals[0]
     result = {"benchmark": "dynamics levers for stable rollouts (issue 24 item 2), CPU",
               "notes": a.notes, "data": first["data"], "clips": first["world_model"]["clips"],
-              "sampling": {k: v for k, v in first["settings"].items() if k != "guidance"},
+              "sampling": {k: v for k, v in first["settings"].items() if k not in ("guidance", "top_k", "temperature")},
               "rows": rows, "runs": evals}
     save(a.out, result)
-    cols = [("lever", "lever"), ("guidance", "w"), ("steps_trained", "steps"), ("train_minutes", "train min"),
+    cols = [("lever", "lever"), ("guidance", "w"), ("top_k", "top-k"), ("temperature", "T"), ("steps_trained", "steps"), ("train_minutes", "wall min (last log)"),
             ("val_next_frame_accuracy", "val next-frame acc (copy-last)"), ("rollout_mean_db", "rollout mean dB"),
             ("copy_last_mean_db", "copy-last dB"), ("rollout_minus_copy_last_db", "rollout − copy-last dB [95% CI]"),
             ("agent_box_rollout_step5_db", "box@5 dB (copy-last)"), ("agent_box_rollout_step10_db", "box@10 dB (copy-last)"),
