@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from data_pipelines.clips import ClipDataset
 from genie.core.atomic import replace_dir, temp_dir_beside, write_text
-from genie.core.device import module_device
+from genie.core.device import generator_for, module_device
 from genie.core.errors import GenieInputError
 from genie.core.frames import frames_to_video
 
@@ -195,7 +195,7 @@ def fit_heads(heads: RewardHeads, ex: HeadExamples, steps: int, batch: int = 64,
     (ends and rewards are one frame in tens: unweighted, always-no is a good first answer). Returns the losses."""
     heads.train()
     dev = module_device(heads)
-    g = torch.Generator().manual_seed(seed)
+    g = generator_for("cpu", seed)  # batch indices into the examples, which stay in CPU memory
     pos = ex.targets.sum(0)
     pos_weight = ((len(ex) - pos) / pos.clamp_min(1)).clamp(1, 100).to(dev)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-4)
