@@ -16,6 +16,9 @@ import torch
 from data_pipelines.storage import DatasetWriter
 from genie.core import atomic
 from tests.conftest import ROOT, coded_episode
+from tests.stall_write import MARK
+
+STALL = [sys.executable, str(ROOT / "tests" / "stall_write.py")]
 
 
 def _env(**kw: str) -> dict:
@@ -23,17 +26,17 @@ def _env(**kw: str) -> dict:
 
 
 def _kill_when_stalled(cmd: list[str], env: dict, timeout: float = 240) -> str:
-    """Run `cmd` until the stall hook reports that it hangs half-way through a write, then SIGKILL it."""
+    """Run `cmd` (under tests/stall_write.py) until it reports that it hangs half-way through a write, then SIGKILL it."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
     seen, deadline = [], time.monotonic() + timeout
     for line in proc.stdout:
         seen.append(line)
-        if atomic.STALL_ENV in line or time.monotonic() > deadline:
+        if MARK in line or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     out = "".join(seen)
-    assert f"{atomic.STALL_ENV}: stalled" in out, out[-3000:]
+    assert MARK in out, out[-3000:]
     assert proc.returncode == -signal.SIGKILL
     return out
 
@@ -70,8 +73,8 @@ def video(tmp_path_factory):
     return out
 
 
-def _train_cmd(data: Path, root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "genie", "train", "tokenizer", "--config", "configs/tokenizer/debug.yaml",
+def _train_cmd(data: Path, root: Path, *extra: str, python: list[str] = [sys.executable]) -> list[str]:  # noqa: B006
+    return [*python, "-m", "genie", "train", "tokenizer", "--config", "configs/tokenizer/debug.yaml",
             "--data.data", str(data), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
             "--trainer.max_steps", "6", "--checkpoint_every", "2", "--data.num_workers", "0", *extra]
 
@@ -79,7 +82,7 @@ def _train_cmd(data: Path, root: Path, *extra: str) -> list[str]:
 def test_kill_during_checkpoint_write_keeps_last_ckpt_and_resume_works(video, tmp_path):
     root = tmp_path / "run"
     # the second write of last.ckpt (step 4) stops half-way; the first (step 2) must survive the kill
-    _kill_when_stalled(_train_cmd(video, root), _env(**{atomic.STALL_ENV: "last.ckpt:2"}))
+    _kill_when_stalled(_train_cmd(video, root, python=[*STALL, "last.ckpt:2"]), _env())
     ckpts = root / "checkpoints"
     partial = [p for p in ckpts.iterdir() if p.name != "last.ckpt"]
     assert partial and all(p.name.startswith(".last.ckpt.") for p in partial)  # the half-written temporary
@@ -112,7 +115,7 @@ def test_kill_during_export_write_keeps_the_previous_export(tmp_path):
     from tokenizer.model import VideoTokenizer
 
     out = tmp_path / "exp"
-    text = _kill_when_stalled([sys.executable, "-c", _EXPORT_TWICE, str(out)], _env(**{atomic.STALL_ENV: "exp:2"}))
+    text = _kill_when_stalled([*STALL, "exp:2", "-c", _EXPORT_TWICE, str(out)], _env())
     assert "saved 0" in text and "saved 1" not in text
     assert json.loads((out / "genie_export.json").read_text())["seed"] == 0
     loaded = load_export(out, "tokenizer")

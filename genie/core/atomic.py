@@ -14,31 +14,9 @@ import errno
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from genie.core.errors import GenieInputError
-
-# Test hook: GENIE_TEST_STALL_WRITE=NAME[:K] makes the K-th (default first) write of a file or folder
-# called NAME in this process stop half-way and hang, so a test can SIGKILL it in the middle of a write.
-STALL_ENV = "GENIE_TEST_STALL_WRITE"
-_writes: dict[str, int] = {}
-
-
-def _stall_if_asked(final: Path, tmp: Path) -> None:
-    name, _, k = os.environ.get(STALL_ENV, "").partition(":")
-    if name != final.name:
-        return
-    _writes[name] = _writes.get(name, 0) + 1
-    if _writes[name] != int(k or 1):
-        return
-    files = [tmp] if tmp.is_file() else sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
-    if files:
-        with open(files[0], "r+b") as f:  # half of the (largest) file is on disk, as in the middle of writing it
-            f.truncate(files[0].stat().st_size // 2)
-    print(f"{STALL_ENV}: stalled while writing {final}", flush=True)
-    while True:
-        time.sleep(1)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -76,7 +54,6 @@ def atomic_file(path: str | os.PathLike):
     tmp = Path(name)
     try:
         yield tmp
-        _stall_if_asked(final, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -112,7 +89,6 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     old complete folder or the new one (or, for an instant, absent) — never a mix of the two.
     """
     tmp, out = Path(tmp), Path(out)
-    _stall_if_asked(out, tmp)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
