@@ -21,7 +21,7 @@ from data_pipelines.datamodule import VideoDataModule
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES, stage_list
 from genie.core.training import COMPILE_DEFAULT, GenieModule
-from genie.export import export_module
+from genie.export import export_module, load_export
 from genie.stages import stage_class
 
 
@@ -36,6 +36,27 @@ class ExportCallback(Callback):
             out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
             export_module(pl_module, out)
             print(f"exported {pl_module.stage} (step {pl_module.global_step}) → {out}")
+
+
+class InitFromExportCallback(Callback):
+    """`genie train --init_from DIR`: start fitting from the weights of an export of the same stage and config
+    (fine-tuning, e.g. a dynamics model moved onto a new LAM's actions). A resumed run (`--ckpt_path`) still gets
+    its checkpoint's weights: Lightning restores those after `setup`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def setup(self, trainer: L.Trainer, pl_module: GenieModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        src = load_export(self.path, pl_module.stage)
+        if src.config != pl_module.model.config:
+            ours, theirs = pl_module.model.config.to_dict(), src.config.to_dict()
+            diff = ", ".join(f"{k} {theirs.get(k)!r} (training: {ours.get(k)!r})" for k in sorted(ours | theirs)
+                             if ours.get(k) != theirs.get(k))
+            raise GenieInputError(f"--init_from {self.path}: its {pl_module.stage} config differs: {diff}")
+        pl_module.model.load_state_dict(src.state_dict())
+        print(f"initialised the {pl_module.stage} weights from {self.path}")
 
 
 def export_checkpoint(stage: str, ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -102,6 +123,9 @@ class GenieCLI(LightningCLI):
         parser.add_argument("--checkpoint_every", type=Optional[int], default=None,  # noqa: UP045 (a type jsonargparse reads)
                             help="write checkpoints/last.ckpt every N training steps (default: every "
                                  "trainer.val_check_interval steps); resume with --ckpt_path last")
+        parser.add_argument("--init_from", type=Optional[str], default=None,  # noqa: UP045 (a type jsonargparse reads)
+                            help="an export folder of this stage with the same model config: start from its weights "
+                                 "(fine-tuning) instead of a fresh initialisation")
         parser.add_argument("--compile", type=bool, default=COMPILE_DEFAULT,
                             help="torch.compile the model's ST blocks (inductor) before training: the same steps, "
                                  "faster once compiled (benchmarks/results/train_levers_cpu.md)")
@@ -131,6 +155,9 @@ class GenieCLI(LightningCLI):
             "ResumeStateCallback": {"class_path": "genie.core.training.ResumeStateCallback"},
             "ExportCallback": {"class_path": "genie.train.ExportCallback"},
         }
+        if self.config[self.subcommand].get("init_from"):
+            defaults["InitFromExportCallback"] = {"class_path": "genie.train.InitFromExportCallback",
+                                                  "init_args": {"path": self.config[self.subcommand].init_from}}
         if self.config[self.subcommand].get("compile"):
             defaults["CompileCallback"] = {"class_path": "genie.core.training.CompileCallback"}
         callbacks += [v for k, v in defaults.items() if k not in names]

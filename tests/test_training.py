@@ -81,9 +81,15 @@ def test_train_resume_and_export(tmp_path, video64):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 6
     first = load_export(run / "export", "tokenizer")
-    # resume from last.ckpt: the step count continues from 6, it does not restart
-    p = _train(tmp_path, video64, "--trainer.max_steps", "10", "--trainer.val_check_interval", "3", "--ckpt_path", "last")
+    # resume from last.ckpt: the step count continues from 6, it does not restart; --init_from (here a fresh
+    # export) is applied first and then overridden by the checkpoint's weights
+    fresh = tmp_path / "fresh"
+    save_export(VideoTokenizer(TokenizerConfig.preset("debug")), fresh, "tokenizer")
+    p = _train(tmp_path, video64, "--trainer.max_steps", "10", "--trainer.val_check_interval", "3", "--ckpt_path", "last",
+               "--init_from", fresh)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert f"initialised the tokenizer weights from {fresh}" in p.stdout, p.stdout[-3000:]
+    assert "tokenizer step 9/10" in p.stdout or "tokenizer step 10/10" in p.stdout, p.stdout[-3000:]
     assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 10
     logs = sorted((run / "csv").glob("version_*/metrics.csv"))
     assert len(logs) == 2
@@ -97,6 +103,23 @@ def test_train_resume_and_export(tmp_path, video64):
     keys = set(next(csv.DictReader(open(logs[0]))).keys())
     assert {"val/psnr", "val/ssim", "val/codebook_usage", "val/perplexity"} <= keys
     assert list(run.glob("tensorboard/version_*/images/recon_step*.png"))
+
+
+def test_init_from_copies_an_exports_weights_and_rejects_another_config(tmp_path):
+    from genie.train import InitFromExportCallback
+    from tokenizer.module import TokenizerModule
+
+    torch.manual_seed(1)
+    src = VideoTokenizer(TokenizerConfig.preset("debug"))
+    save_export(src, tmp_path / "src", "tokenizer")
+    torch.manual_seed(2)
+    module = TokenizerModule(TokenizerConfig.preset("debug"))
+    assert not all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), module.model.state_dict().values()))
+    InitFromExportCallback(str(tmp_path / "src")).setup(None, module, "fit")
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), module.model.state_dict().values()))
+    other = TokenizerModule(TokenizerConfig.preset("debug", codebook_size=64))
+    with pytest.raises(GenieInputError, match=r"--init_from .*src: its tokenizer config differs: codebook_size 32 \(training: 64\)"):
+        InitFromExportCallback(str(tmp_path / "src")).setup(None, other, "fit")
 
 
 def test_two_process_ddp(tmp_path, video64):
