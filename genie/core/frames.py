@@ -29,7 +29,10 @@ def to_unit(x: Tensor) -> Tensor:
 
 def frames_to_video(frames: np.ndarray) -> Tensor:
     """Stored frames uint8 (t, H, W, c) → video float (t, c, H, W) in [-1, 1]."""
-    return from_uint8(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))
+    frames = np.ascontiguousarray(frames)
+    if not frames.flags.writeable:  # a read-only view (a decoded video, a memory map): torch wants its own buffer
+        frames = frames.copy()
+    return from_uint8(torch.from_numpy(frames).permute(0, 3, 1, 2))
 
 
 def video_to_frames(video: Tensor) -> np.ndarray:
