@@ -24,7 +24,9 @@ from benchmarks.common import save  # noqa: E402
 def curve(run: Path) -> tuple[list[dict], float | None, int | None]:
     files = sorted(run.glob("csv/version_*/metrics.csv"))
     rows = [r for f in files for r in csv.DictReader(f.open())]
-    minutes = [float(r["train/minutes"]) for r in rows if r.get("train/minutes")]
+    # each resumed part (a csv version) counts its minutes from 0: the run's minutes are the sum of the parts' last
+    minutes = [sum(max((float(r["train/minutes"]) for r in csv.DictReader(f.open()) if r.get("train/minutes")), default=0.0)
+                   for f in files)] if any(r.get("train/minutes") for r in rows) else []
     steps = [int(r["step"]) for r in rows if r.get("train/minutes")]
     val = [{"step": int(r["step"]), "nmi": round(float(r["val/nmi"]), 4), "psnr_gap": round(float(r["val/psnr_gap"]), 3),
             "perplexity": round(float(r["val/perplexity"]), 2)} for r in rows if r.get("val/nmi")]
