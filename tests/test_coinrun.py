@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import data_pipelines.coinrun as coinrun
+import data_pipelines.coinrun_search as coinrun_search
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import load_split
 
@@ -167,12 +168,12 @@ def test_search_demonstrator_is_deterministic_and_named_in_the_card(tmp_path):
 
 def test_search_right_swaps_the_default_move_and_keeps_the_search():
     h = 32
-    lib, right = coinrun._candidate_library(h), coinrun._candidate_library(h, coinrun._RIGHT)
-    assert (lib[0] == coinrun._RIGHT_UP).all() and (lib[1] == coinrun._RIGHT).all()  # search's library as before
-    assert (right[0] == coinrun._RIGHT).all() and (right[1] == coinrun._RIGHT_UP).all()
+    lib, right = coinrun_search._candidate_library(h), coinrun_search._candidate_library(h, coinrun_search._RIGHT)
+    assert (lib[0] == coinrun_search._RIGHT_UP).all() and (lib[1] == coinrun_search._RIGHT).all()  # search's library as before
+    assert (right[0] == coinrun_search._RIGHT).all() and (right[1] == coinrun_search._RIGHT_UP).all()
     assert lib.shape == right.shape
     # the two libraries are the same sequences with RIGHT and RIGHT+UP exchanged
-    swap = {coinrun._RIGHT: coinrun._RIGHT_UP, coinrun._RIGHT_UP: coinrun._RIGHT}
+    swap = {coinrun_search._RIGHT: coinrun_search._RIGHT_UP, coinrun_search._RIGHT_UP: coinrun_search._RIGHT}
     assert (np.vectorize(lambda a: swap.get(int(a), int(a)))(lib) == right).all()
     assert "hold-RIGHT (jumps only" in coinrun.policy_name(1, "search-right")
     assert coinrun.policy_name(1, "search") == coinrun.SearchExpert.DESCRIPTION
@@ -187,7 +188,7 @@ def test_policy_options_are_checked(tmp_path):
         coinrun.record_coinrun(tmp_path / "d", 1, policy="search", action_repeat=8, progress=False)
     assert not (tmp_path / "d").exists()
     with pytest.raises(GenieInputError, match="not the CoinRun layout"):
-        coinrun.procgen_positions(b"\x00" * 64)
+        coinrun_search.procgen_positions(b"\x00" * 64)
 
 
 

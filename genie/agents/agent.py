@@ -25,7 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_pipelines.coinrun import RandomPolicy, SearchExpert
+from data_pipelines.coinrun import RandomPolicy
+from data_pipelines.coinrun_search import SearchExpert
 from genie.agents.model import PolicyConfig, PolicyNet
 from genie.core.atomic import disk_full_error, is_disk_full, replace_dir, temp_dir_beside, write_text
 from genie.core.device import module_device
