@@ -146,7 +146,10 @@ def _resize(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """uint8 (n, h, w, c) -> (n, H, W, c), antialiased bilinear in bounded memory."""
     if tuple(frames.shape[1:3]) == tuple(hw):
         return np.ascontiguousarray(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    frames = np.ascontiguousarray(frames)
+    if not frames.flags.writeable:  # a read-only decoded buffer: torch wants its own
+        frames = frames.copy()
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     out = []
     for i in range(0, len(frames), 256):  # bounded memory for long videos
         y = F.interpolate(x[i:i + 256], size=tuple(hw), mode="bilinear", antialias=True, align_corners=False)
