@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from einops import reduce
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from genie.core.frames import to_unit
@@ -103,3 +104,41 @@ def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     if ha == 0 or hb == 0:
         return 0.0
     return max(0.0, mi / ((ha + hb) / 2))
+
+
+# A patch counts as unchanged when no pixel of it moved by more than this, in [-1, 1] units: one uint8 step
+# is 2/255 ≈ 0.0078, so 1e-6 means bit-identical stored pixels.
+UNCHANGED_PATCH_THRESHOLD = 1e-6
+
+
+def token_stability_counts(indices: torch.Tensor, video: torch.Tensor, patch_size: int,
+                           threshold: float = UNCHANGED_PATCH_THRESHOLD) -> torch.Tensor:
+    """Counts of identical tokens between consecutive frames, overall and where the pixels did not change.
+
+    indices (b, t, h, w) token ids of video (b, t, c, H, W) in [-1, 1], one token per p×p pixel patch
+    (`patch_size` p). Returns int64 [identical, transitions, identical on unchanged patches, unchanged
+    patches] summed over the batch (on the CPU), so batches add up."""
+    same = indices[:, 1:] == indices[:, :-1]  # (b, t-1, h, w)
+    diff = (video[:, 1:] - video[:, :-1]).abs()
+    change = reduce(diff, "b t c (h p1) (w p2) -> b t h w", "max", p1=patch_size, p2=patch_size)
+    unchanged = change <= threshold
+    return torch.stack([same.sum(), torch.tensor(same.numel(), device=same.device),
+                        (same & unchanged).sum(), unchanged.sum()]).long().cpu()
+
+
+# Level types for per-type figures (issue 24: the tokenizer fails differently on dark, textured and bright levels),
+# from each clip's first frame: luminance y in [0, 1]. Thresholds read off 128 held-out CoinRun clips by eye (the
+# space levels are the dark ones; the tiled walls and painted backgrounds the textured ones).
+DARK_LUMINANCE, DARK_SHARE, TEXTURE_GRADIENT = 0.12, 0.25, 0.055
+LEVEL_TYPES = ("dark", "textured", "bright")
+
+
+def level_types(video: torch.Tensor) -> list[str]:
+    """video (b, t, c, H, W) in [-1, 1] -> each clip's level type from its first frame: "dark" when at least
+    DARK_SHARE of its pixels have luminance below DARK_LUMINANCE, else "textured" when the mean absolute difference
+    between neighbouring pixels' luminance is at least TEXTURE_GRADIENT, else "bright"."""
+    x = to_unit(video[:, 0])  # (b, c, H, W)
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] if x.shape[1] == 3 else x.mean(1)  # (b, H, W)
+    dark = (y < DARK_LUMINANCE).float().mean((1, 2)) >= DARK_SHARE
+    grad = (y[:, :, 1:] - y[:, :, :-1]).abs().mean((1, 2)) + (y[:, 1:] - y[:, :-1]).abs().mean((1, 2))
+    return ["dark" if d else "textured" if g >= TEXTURE_GRADIENT else "bright" for d, g in zip(dark.tolist(), grad.tolist())]
