@@ -234,7 +234,7 @@ def _cmd_play(a: argparse.Namespace) -> None:
     settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
                                 top_k=a.top_k, guidance=a.guidance)
     serve(a.model, settings=settings, host=a.host, port=a.port, device=a.device, data=a.data, split=a.split,
-          keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout)
+          keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout, warmup=a.warmup)
 
 
 # Options several commands share, declared once; a command may give its own default, choices or help.
@@ -462,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "are real actions, else MODEL/keymap.json)")
     add_option(pl, "--seed", help="each session's sampling seed")
     pl.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before a closed tab's session is freed")
+    pl.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="serve at once, without generating a throw-away frame first (the first key press is slower)")
     add_device(pl)
     pl.set_defaults(func=_cmd_play)
 

@@ -68,7 +68,7 @@ def trainer_args(device: torch.device, tiny: bool = False) -> list[str]:
 
 
 def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, device: torch.device,
-                  batch_size: int | None = None, repeats: int = 3) -> tuple[float, float]:
+                  batch_size: int | None = None) -> tuple[float, float]:
     """Frames/s of tokenising (tokenizer + LAM encode) and of a dynamics training step on `device`, timed here.
 
     The time split between tokenising and dynamics training uses these rather than constants for one machine."""
@@ -79,7 +79,7 @@ def measure_rates(tokenizer_dir: Path, lam_dir: Path, dynamics_config: Path, dev
     b = batch_size or cfg["data"].get("batch_size", 8)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def timed(fn) -> float:
+    def timed(fn, repeats: int = 3) -> float:
         fn()  # warm-up
         _sync(device)
         t = time.perf_counter()

@@ -139,7 +139,7 @@ def test_measured_rates_for_the_time_split(world):  # noqa: F811
     from genie.quickstart import measure_rates
 
     tok_fps, dyn_fps = measure_rates(world / "tokenizer", world / "lam", ROOT / "configs" / "dynamics" / "debug.yaml",
-                                     torch.device("cpu"), batch_size=2, repeats=1)
+                                     torch.device("cpu"), batch_size=2)
     assert tok_fps > 0 and dyn_fps > 0
 
 

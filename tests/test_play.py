@@ -470,8 +470,8 @@ def test_model_that_fails_to_load_exits_2_before_serving(world, tmp_path):  # no
 
 def test_command_serves_and_warns_when_not_on_loopback(world):  # noqa: F811
     proc = subprocess.Popen([sys.executable, "-m", "genie", "play", "--model", str(world / "world"), "--host", "0.0.0.0",
-                             "--port", "0", "--steps", "2", "--device", "cpu"], cwd=str(ROOT), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--port", "0", "--steps", "2", "--device", "cpu", "--no-warmup"], cwd=str(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("genie play: serving http://0.0.0.0:"), (line, proc.poll())

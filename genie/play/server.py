@@ -100,13 +100,14 @@ def uvicorn_server(app):
 
 def serve(model: str | Path, *, settings: SamplingSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
           device: str = "auto", data: str | Path | None = None, split: str | None = None,
-          keymap: str | Path | None = None, seed: int = 0, idle_timeout: float = 600.0) -> None:
+          keymap: str | Path | None = None, seed: int = 0, idle_timeout: float = 600.0, warmup: bool = True) -> None:
     """`genie play`: load everything (failing before serving), bind, then serve until Ctrl+C.
 
-    settings: how frames are sampled (default genie.play.player.PLAY_SETTINGS: 8 steps, a window hop of 4)."""
+    settings: how frames are sampled (default genie.play.player.PLAY_SETTINGS: 8 steps, a window hop of 4).
+    warmup: generate one throw-away frame before serving, so the first key press does not pay one-off costs."""
     import_web()
     player = load_player(model, settings=settings, device=device, data=data, split=split, keymap=keymap, seed=seed,
-                         idle_timeout=idle_timeout)
+                         idle_timeout=idle_timeout, warmup=warmup)
     sock = bind(host, port)
     if not is_loopback(host):
         print(f"genie: warning: --host {host} makes the game reachable from other machines; genie play has no "
