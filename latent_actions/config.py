@@ -64,6 +64,12 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
     decoder_motion: bool = False
     encoder_causal: bool = True
     train_codes: int = 0
+    # [top, left, bottom, right] in pixels, or None (off): the encoder also reads this window of every frame at
+    # `crop_patch` resolution (with its frame difference), as extra tokens beside the frame's patches. For a fixed
+    # agent box such as CoinRun's camera-centred sprite, whose facing flips at once on a left/right input
+    # (a few pixels a patch-8 embedding averages away). Encoder only: the decoder and play are unchanged.
+    crop_box: list[int] | None = None
+    crop_patch: int = 2
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
@@ -77,9 +83,25 @@ class LatentActionConfig(PatchGridConfig, StageConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_unit_interval(self, "decoder_mask_ratio")
+        check_positive_ints(self, "crop_patch")
+        if self.crop_box is not None:
+            self.crop_box = _check_crop_box(self.crop_box, self.frame_size, self.crop_patch)
         if not isinstance(self.train_codes, int) or not (self.train_codes == 0 or self.train_codes > self.num_actions):
             raise ValueError(f"train_codes must be 0 (off) or more than num_actions ({self.num_actions}), "
                              f"got {self.train_codes!r}")
+
+
+def _check_crop_box(box: Any, frame_size: tuple[int, int], patch: int) -> list[int]:
+    H, W = frame_size
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)):
+        raise ValueError(f"crop_box must be [top, left, bottom, right] in pixels, got {box!r}")
+    top, left, bottom, right = box
+    if not (0 <= top < bottom <= H and 0 <= left < right <= W):
+        raise ValueError(f"crop_box {list(box)} must lie inside the {H}x{W} frame with top < bottom, left < right")
+    if (bottom - top) % patch or (right - left) % patch:
+        raise ValueError(f"crop_box {list(box)}: its height and width must be multiples of crop_patch {patch}")
+    return list(box)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -7,8 +7,9 @@ future reaches it is the few bits of a_t: the codes are pushed to describe what 
 action. The decoder is thrown away after training; the world model keeps the codebook and the
 encoder (to label videos for the dynamics model). Pixel input throughout (Genie Table 2).
 
-The encoder reads each frame's patches together with their difference from the previous frame,
-and pools frame t+1's output tokens (attention pooling) into the latent of transition t.
+The encoder reads each frame's patches together with their difference from the previous frame (and,
+with `crop_box`, a fixed window of the frame at finer patches), and pools frame t+1's output tokens
+(attention pooling) into the latent of transition t.
 
 Causality (architecture §7.2, §7.6):
 - encoder: causal temporal attention by default, and a_t is read from frame t+1's tokens, so a_t
@@ -54,11 +55,17 @@ class LatentActionModel(nn.Module):
 
         # ---- encoder: frames x_1..x_T -> one latent per transition ----
         self.encoder_patch_embed = nn.Linear(2 * p * p * c, d)
+        self.crop_patch_embed = None
+        n_crop = 0
+        if config.crop_box is not None:  # the crop's finer patches, also beside their change (see _encode_latents)
+            cp, (top, left, bottom, right) = config.crop_patch, config.crop_box
+            self.crop_patch_embed = nn.Linear(2 * cp * cp * c, d)
+            n_crop = ((bottom - top) // cp) * ((right - left) // cp)
         self.encoder = STTransformer(
             d,
             config.depth_encoder,
             config.num_heads,
-            num_tokens=n,
+            num_tokens=n + n_crop,
             num_frames=config.num_frames,
             mlp_ratio=config.mlp_ratio,
             dropout=config.dropout,
@@ -102,7 +109,9 @@ class LatentActionModel(nn.Module):
     def _init_weights(self) -> None:
         # The two STTransformers initialise themselves (GPT-2 scheme, genie.nn.st_block); the
         # quantizer keeps PyTorch's default for its projections and the library's k-means codebook.
-        for linear in (self.encoder_patch_embed, self.decoder_patch_embed, self.to_pixels):
+        for linear in (self.encoder_patch_embed, self.decoder_patch_embed, self.to_pixels, self.crop_patch_embed):
+            if linear is None:
+                continue
             nn.init.normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
         # Zero scores: pooling starts as a plain mean over the patches and learns where to look.
@@ -156,8 +165,8 @@ class LatentActionModel(nn.Module):
 
     # ---- model --------------------------------------------------------------------------------
 
-    def _patchify(self, video: Tensor) -> Tensor:
-        p = self.config.patch_size
+    def _patchify(self, video: Tensor, p: int | None = None) -> Tensor:
+        p = p or self.config.patch_size
         return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
 
     @staticmethod
@@ -171,7 +180,14 @@ class LatentActionModel(nn.Module):
         # Each frame's patches go in beside their change since the previous frame (zero for the first):
         # motion becomes a linear input feature, not something attention must discover by comparing frames
         # (measured: README, Measured here). It uses frames t-1 and t only, so causality holds.
-        x = self.encoder(self.encoder_patch_embed(self._with_motion(self._patchify(video))))  # (b, t, n, d)
+        x = self.encoder_patch_embed(self._with_motion(self._patchify(video)))  # (b, t, n, d)
+        if self.crop_patch_embed is not None:
+            # The agent window at finer patches: a sprite's facing is a few pixels that a coarse patch embedding
+            # averages with the background (agent-centred inputs: MaskLAM, arXiv 2602.02259); its tokens join the frame's.
+            top, left, bottom, right = self.config.crop_box
+            crop = self._patchify(video[..., top:bottom, left:right], self.config.crop_patch)
+            x = torch.cat([x, self.crop_patch_embed(self._with_motion(crop))], dim=2)  # (b, t, n + n_crop, d)
+        x = self.encoder(x)
         # Transition i (frames i -> i+1) is read from frame i+1's tokens, which causal temporal
         # attention has let see frames <= i+1 only (all frames with encoder_causal off). Frame 0's
         # tokens end no transition.

@@ -96,6 +96,10 @@ def test_presets_build_and_round_trip_through_json():
         (dict(decoder_mask_ratio=1.0), "decoder_mask_ratio"),
         (dict(vq_decay=-0.1), "vq_decay"),
         (dict(decoder_motion=1), "decoder_motion"),
+        (dict(crop_box=[24, 24, 72, 40]), "crop_box"),
+        (dict(crop_box=[24, 24, 27, 40]), "crop_box"),
+        (dict(crop_box=[24, 24, 40]), "crop_box"),
+        (dict(crop_box=[24, 24, 40, 40], crop_patch=0), "crop_patch"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
@@ -367,6 +371,32 @@ def test_center_latents_quantises_each_transition_against_its_clip():
         torch.testing.assert_close(out.sum(dim=1), torch.zeros_like(out[:, 0]), atol=1e-4, rtol=0)
         torch.testing.assert_close(centred.encode_latents(video[:, :2]), plain.encode_latents(video[:, :2]))
     assert LatentActionConfig.from_dict(centred.config.to_dict()).center_latents is True
+
+
+def test_crop_box_adds_the_window_at_finer_patches_to_the_encoder_only():
+    """crop_box: the encoder also reads exactly that window (a pixel inside moves the latent when the frame's own
+    patch embedding is silenced, one outside does not), stays causal, leaves the decoder as it was, and travels with
+    the config."""
+    model = make_lam(crop_box=[24, 28, 32, 36], crop_patch=2)
+    assert model.encoder.num_tokens == model.config.tokens_per_frame + 16
+    assert LatentActionConfig.from_dict(model.config.to_dict()).crop_box == [24, 28, 32, 36]
+    video = random_video(2, 4)
+    model(video)  # k-means init
+    model.eval()
+    with torch.no_grad():
+        model.encoder_patch_embed.weight.zero_()
+        base = model._encode_latents(video)
+        inside, outside = video.clone(), video.clone()
+        inside[:, 2, :, 30, 33] = -inside[:, 2, :, 30, 33]
+        outside[:, 2, :, 10, 10] = -outside[:, 2, :, 10, 10]
+        assert (model._encode_latents(inside)[:, 1] - base[:, 1]).abs().max() > 1e-4
+        torch.testing.assert_close(model._encode_latents(outside), base, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model._encode_latents(inside)[:, 0], base[:, 0], atol=1e-6, rtol=0)  # causal
+    plain = make_lam()
+    assert set(plain.state_dict()) == set(model.state_dict()) - {"crop_patch_embed.weight", "crop_patch_embed.bias"}
+    for name, value in plain.state_dict().items():
+        if name.startswith("decoder") or name == "to_pixels.weight":
+            assert value.shape == model.state_dict()[name].shape
 
 
 def test_spherical_kmeans_finds_known_groups():
