@@ -7,6 +7,7 @@
 #   pretrained/agents/reproduce.sh [LAM_OR_WORLD_MODEL_DIR] [OUT]      (defaults: pretrained/lam, runs/agents)
 #   POLICY=search-right pretrained/agents/reproduce.sh pretrained/lam runs/agents-right
 #
+# EPISODES: demonstrator episodes to record (default 2,000).
 # POLICY: the demonstrator, search (default move RIGHT+UP, 0.79 of its steps) or search-right (default RIGHT: it
 # jumps only where its look-ahead says so). A new LAM only needs this script rerun with its folder: the latent
 # agents are relabelled and refitted; the recording (DATA) and the oracle are reused when present (delete them to
@@ -16,12 +17,13 @@ MODEL=${1:-pretrained/lam}
 OUT=${2:-runs/agents}
 POLICY=${POLICY:-search}
 DATA=${DATA:-data/coinrun-$POLICY}
+EPISODES=${EPISODES:-2000}
 STEPS=${STEPS:-6000}
 EVAL=(--start-level 1000000 --num-levels 200 --seed 0 --quiet)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/eval"
 
-[ -d "$DATA" ] || genie data coinrun --policy "$POLICY" --out "$DATA" --episodes 2000 --start-level 0 \
+[ -d "$DATA" ] || genie data coinrun --policy "$POLICY" --out "$DATA" --episodes "$EPISODES" --start-level 0 \
     --num-levels 100000 --seed 0 --quiet
 [ -d "$OUT/oracle" ] || genie agent train --kind oracle --data "$DATA" --out "$OUT/oracle" --steps "$STEPS" --quiet
 genie agent train --kind latent --data "$DATA" --model "$MODEL" --labels 200 --out "$OUT/latent-n200" \
