@@ -352,8 +352,17 @@ def load_split(path: str | os.PathLike, split: str):
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def write_parquet(path: str | os.PathLike, rows_per_shard: int = 512) -> list[Path]:
-    """Export every split as Parquet shards under DIR/parquet/ (for streaming, e.g. from a hub or a bucket)."""
+# ~512 frames of 64x64 video per shard: a few MB, so a streaming reader fetches in small steps and several ranks
+# each get whole shards of a dataset of a few dozen episodes
+PARQUET_ROWS_PER_SHARD = 512
+
+
+def write_parquet(path: str | os.PathLike) -> list[Path]:
+    """Export every split as Parquet shards under DIR/parquet/ (for streaming, e.g. from a hub or a bucket).
+
+    Each shard holds at least `PARQUET_ROWS_PER_SHARD` rows and is cut only where an episode ends.
+    """
+    rows_per_shard = PARQUET_ROWS_PER_SHARD
     card = read_card(path)
     out = Path(path) / "parquet"
     out.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipelines import storage
 from data_pipelines.clips import ClipDataset, StreamingClipDataset
 from data_pipelines.storage import DatasetWriter, info, load_split, write_parquet
 from genie.core.errors import GenieInputError
@@ -90,9 +91,10 @@ def test_writer_exception_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_streaming_parquet_clips_are_valid(coded_dataset):
+def test_streaming_parquet_clips_are_valid(coded_dataset, monkeypatch):
     path, lengths = coded_dataset
-    files = write_parquet(path, rows_per_shard=3)
+    monkeypatch.setattr(storage, "PARQUET_ROWS_PER_SHARD", 3)  # several shards from a tiny dataset
+    files = write_parquet(path)
     assert len([f for f in files if f.name.startswith("train")]) >= 2
     ds = StreamingClipDataset.from_dataset_dir(path, "train", clip_len=4, seed=0)
     items = list(ds)
@@ -108,7 +110,7 @@ def test_streaming_parquet_clips_are_valid(coded_dataset):
 
 def test_streaming_ranks_are_disjoint(coded_dataset):
     path, lengths = coded_dataset
-    write_parquet(path, rows_per_shard=100)  # one shard: falls back to splitting whole episodes by id
+    write_parquet(path)  # one shard: falls back to splitting whole episodes by id
     seen = []
     for rank in range(2):
         ds = StreamingClipDataset.from_dataset_dir(path, "train", clip_len=4, rank=rank, world_size=2)
