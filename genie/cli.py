@@ -249,9 +249,10 @@ SHARED_OPTIONS = {
 }
 
 
-def add_option(q: argparse.ArgumentParser, name: str, **changes) -> None:
-    """Add a shared option (SHARED_OPTIONS) to a command's parser, with `changes` to its settings."""
-    q.add_argument(name, **{**SHARED_OPTIONS[name], **changes})
+def add_option(q: argparse.ArgumentParser, *names: str, **changes) -> None:
+    """Add shared options (SHARED_OPTIONS) to a command's parser, with `changes` to their settings."""
+    for name in names:
+        q.add_argument(name, **{**SHARED_OPTIONS[name], **changes})
 
 
 def add_device(q: argparse.ArgumentParser) -> None:
@@ -331,9 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="token dataset folder to create")
     k.add_argument("--batch-size", type=int, default=16, help="windows encoded at once")
     k.add_argument("--max-episodes", type=int, default=None, help="tokenise only the first N episodes of each split")
-    add_option(k, "--overwrite")
-    add_option(k, "--quiet")
-    add_device(k)
+    add_option(k, "--overwrite", "--quiet", "--device")
     k.set_defaults(func=_cmd_tokenize)
 
     x = sub.add_parser("export", help="export a training checkpoint (.ckpt) as config.json + model.safetensors")
@@ -378,8 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .json (a .md table is written beside it)")
     add_option(e, "--split")
     e.add_argument("--num-clips", type=int, default=128)
-    add_option(e, "--seed")
-    add_option(e, "--steps")
+    add_option(e, "--seed", "--steps")
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
     add_sampling_levers(e)
@@ -391,8 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the LAM (default: --data; held-out folders often have only a test split)")
     e.add_argument("--probe-cache", default=None, metavar="DIR",
                    help="where trained ceiling models are cached (default: <probe-data>/.genie-cache)")
-    add_option(e, "--quiet")
-    add_device(e)
+    add_option(e, "--quiet", "--device")
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("probe", help="what each latent action does: grids, GIFs, confusion matrix, keymap")
@@ -402,10 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--prompts", type=int, default=4)
     pr.add_argument("--repeat", type=int, default=4, help="times each action is repeated")
-    add_option(pr, "--split")
-    add_option(pr, "--steps")
-    add_option(pr, "--seed")
-    add_device(pr)
+    add_option(pr, "--split", "--steps", "--seed", "--device")
     pr.set_defaults(func=_cmd_probe)
 
     gr = sub.add_parser("ground", help="fit the latent → real action map (action_map.json) from N labelled transitions")
@@ -421,8 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--probe-cache", default=None, metavar="DIR", help="where the ceiling model is cached "
                                                                        "(default: <data>/.genie-cache)")
     gr.add_argument("--out", default=None, help="also write the table as JSON")
-    add_option(gr, "--quiet")
-    add_device(gr)
+    add_option(gr, "--quiet", "--device")
     gr.set_defaults(func=_cmd_ground)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun or on your own videos (--videos DIR), "
@@ -438,8 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resolution", default=None, metavar="N|WxH",
                    help="with --videos: frame size, WIDTHxHEIGHT in multiples of 16 (default: 64 on the long side "
                         "at the videos' aspect, e.g. 48x64 for 160×210 Atari frames)")
-    add_option(q, "--overwrite")
-    add_device(q)
+    add_option(q, "--overwrite", "--device")
     q.set_defaults(func=_cmd_quickstart)
 
     pl = sub.add_parser("play", help="play the world model in a local web page: keys → latent actions")
@@ -467,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(pl)
     pl.set_defaults(func=_cmd_play)
 
-    add_agent_commands(sub, add_option, add_device)
-    add_acting_commands(sub, add_option, add_device)
+    add_agent_commands(sub, add_option)
+    add_acting_commands(sub, add_option)
     return p
 
 

@@ -76,8 +76,8 @@ def _acting_model(q: argparse.ArgumentParser) -> None:
                    help="latent code → real action: the map's most frequent action, or a draw from its labels")
 
 
-def add_commands(sub, add_option, add_device) -> None:
-    """Add `heads`, `plan` and `dream` to the `genie` parser's subcommands (`add_option`, `add_device`: genie.cli's)."""
+def add_commands(sub, add_option) -> None:
+    """Add `heads`, `plan` and `dream` to the `genie` parser's subcommands (`add_option`: genie.cli's)."""
     hd = sub.add_parser("heads", help="reward and continuation heads on frame tokens (for genie plan and genie dream)")
     hsub = hd.add_subparsers(dest="heads_command", required=True, metavar="SUBCOMMAND")
     ht = hsub.add_parser("train", help="train the heads on recordings' rewards and episode ends; held-out accuracy "
@@ -90,10 +90,7 @@ def add_commands(sub, add_option, add_device) -> None:
     ht.add_argument("--lr", type=float, default=3e-3)
     ht.add_argument("--max-episodes", type=int, default=300, help="episodes tokenised per split and recording")
     ht.add_argument("--windows", type=int, default=2, help="windows per episode: its last, and random earlier ones")
-    add_option(ht, "--seed")
-    add_option(ht, "--overwrite")
-    add_option(ht, "--quiet")
-    add_device(ht)
+    add_option(ht, "--seed", "--overwrite", "--quiet", "--device")
     ht.set_defaults(func=_cmd_heads_train)
 
     pl = sub.add_parser("plan", help="receding-horizon planning over latent actions in the world model, played in "
@@ -105,9 +102,7 @@ def add_commands(sub, add_option, add_device) -> None:
     pl.add_argument("--temperature", type=float, default=0.0, help="imagined frames' sampling temperature (0: greedy)")
     pl.add_argument("--discount", type=float, default=0.95)
     pl.add_argument("--death-penalty", type=float, default=1.0, help="weight of an end without the coin")
-    add_option(pl, "--seed")
-    add_option(pl, "--quiet")
-    add_device(pl)
+    add_option(pl, "--seed", "--quiet", "--device")
     pl.set_defaults(func=_cmd_plan)
 
     dr = sub.add_parser("dream", help="train a linear controller by CMA-ES in the world model alone, then play it in "
@@ -120,7 +115,5 @@ def add_commands(sub, add_option, add_device) -> None:
     dr.add_argument("--generations", type=int, default=6, help="CMA-ES generations")
     dr.add_argument("--sigma", type=float, default=0.5, help="CMA-ES initial step size")
     dr.add_argument("--temperature", type=float, default=1.0, help="dream frames' sampling temperature")
-    add_option(dr, "--seed")
-    add_option(dr, "--quiet")
-    add_device(dr)
+    add_option(dr, "--seed", "--quiet", "--device")
     dr.set_defaults(func=_cmd_dream)

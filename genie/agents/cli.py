@@ -58,8 +58,8 @@ def _cmd_agent_report(a: argparse.Namespace) -> None:
     print(table + f"\nwrote {out / 'agents.md'} and {png}")
 
 
-def add_commands(sub, add_option, add_device) -> None:
-    """Add `agent train|eval|report` to the `genie` parser's subcommands (`add_option`, `add_device`: genie.cli's)."""
+def add_commands(sub, add_option) -> None:
+    """Add `agent train|eval|report` to the `genie` parser's subcommands (`add_option`: genie.cli's)."""
     ag = sub.add_parser("agent", help="agents that learn to play CoinRun from LAM-labelled video (Genie §3.3)")
     asub = ag.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND")
     at = asub.add_parser("train", help="clone a demonstrator's videos: on the LAM's latent actions (+ a map from N "
@@ -87,10 +87,7 @@ def add_commands(sub, add_option, add_device) -> None:
     at.add_argument("--policy-from", default=None, metavar="DIR",
                     help="reuse this latent agent's policy (same LAM) and only fit the map on --labels N")
     at.add_argument("--max-episodes", type=int, default=None, help="clone only the first N episodes of each split")
-    add_option(at, "--seed")
-    add_option(at, "--overwrite")
-    add_option(at, "--quiet")
-    add_device(at)
+    add_option(at, "--seed", "--overwrite", "--quiet", "--device")
     at.set_defaults(func=_cmd_agent_train)
 
     ae = asub.add_parser("eval", help="play one episode per level in the real game: success rate and mean return "
@@ -106,8 +103,7 @@ def add_commands(sub, add_option, add_device) -> None:
     ae.add_argument("--act", default=None, choices=["sample", "argmax"], help="override the agent's choice rule")
     ae.add_argument("--decode", default=None, choices=["sample", "argmax"], help="override a latent agent's decode")
     add_option(ae, "--seed", help="seeds the environments and the agent's sampling")
-    add_option(ae, "--quiet")
-    add_device(ae)
+    add_option(ae, "--quiet", "--device")
     ae.set_defaults(func=_cmd_agent_eval)
 
     ar = asub.add_parser("report", help="the table and the success-against-labels PNG (Genie Fig. 15) of eval results")
