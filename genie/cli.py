@@ -182,7 +182,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         raise GenieInputError(f"{out}: --out must be a .json file")
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
                    horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device,
-                   probe_data=a.probe_data, probe_cache=a.probe_cache, top_k=a.top_k, guidance=a.guidance)
+                   probe_data=a.probe_data, probe_cache=a.probe_cache, top_k=a.top_k, guidance=a.guidance,
+                   heads=a.heads)
     if not res.main_process:  # under torchrun every process evaluated its share; one writes
         return
     table = markdown_table(res)
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the LAM (default: --data; held-out folders often have only a test split)")
     e.add_argument("--probe-cache", default=None, metavar="DIR",
                    help="where trained ceiling models are cached (default: <probe-data>/.genie-cache)")
+    e.add_argument("--heads", default=None, metavar="DIR",
+                   help="reward and continuation heads (genie heads train) to score on the split's frame pairs, "
+                        "tokenised with --model's tokenizer: accuracy and AUC against the base rates")
     add_option(e, "--quiet", "--device")
     e.set_defaults(func=_cmd_evaluate)
 

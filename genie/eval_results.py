@@ -307,6 +307,27 @@ class FVDResult:
                  f"{self.fvd:.1f} (copy-last-frame {_na(self.fvd_copy_last_frame, '.1f')})")]
 
 
+# -- acting --------------------------------------------------------------------------------------------------------
+@dataclass
+class HeadsResult:
+    """The reward and continuation heads (genie.acting.heads, issue 28) on the held-out episodes' frame pairs: per head
+    the accuracy at p = 1/2 against always-the-majority's, the AUC, the positives and the base rate."""
+
+    heads: str  # the heads folder
+    episodes: int  # held-out episodes whose frame pairs were scored
+    reward: dict
+    end: dict
+
+    def to_dict(self) -> dict:
+        return _fields_dict(self)
+
+    def table_rows(self) -> list[Row]:
+        return [("heads", f"{name}: accuracy (majority) / AUC, positives of examples",
+                 f"{m['accuracy']:.3f} ({m['majority_accuracy']:.3f}) / {_na(m['auc'], '.3f')}, "
+                 f"{m['positives']} of {m['examples']}")
+                for name, m in (("reward", self.reward), ("end", self.end))]
+
+
 # -- the whole evaluation ------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class Evaluation:
@@ -325,6 +346,7 @@ class Evaluation:
     lam: LamResult | None = None
     world_model: WorldModelResult | str | None = None
     fvd: FVDResult | str  # beside the stages: it compares whole clips, prompt frame included
+    heads: HeadsResult | None = None  # with --heads: the reward and continuation heads on the same split
     main_process: bool = True  # under torchrun, whether this process writes the result; not part of it
 
     def to_dict(self) -> dict:
@@ -334,7 +356,7 @@ class Evaluation:
 
     def table_rows(self) -> list[Row]:
         rows = []
-        for stage in (self.tokenizer, self.lam, self.world_model):
+        for stage in (self.tokenizer, self.lam, self.world_model, self.heads):
             if stage is not None and not isinstance(stage, str):
                 rows += stage.table_rows()
         return rows + (self.fvd.table_rows() if isinstance(self.fvd, FVDResult) else [("—", "FVD", self.fvd)])

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split, read_card
+from genie.acting.heads import head_examples, load_heads, score_heads
 from genie.ceiling import ceiling_for, check_same_classes
 from genie.core.device import generator_for, module_device, resolve_device, to_device
 from genie.core.errors import GenieInputError
@@ -53,6 +54,7 @@ from genie.eval_results import (
     Evaluation,
     FewLabelResult,
     FVDResult,
+    HeadsResult,
     Interval,
     LamResult,
     TokenizerResult,
@@ -428,7 +430,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
              steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
              progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
              probe_data: str | Path | None = None, probe_cache: str | Path | None = None, top_k: int | None = None,
-             guidance: float = 0.0) -> Evaluation:
+             guidance: float = 0.0, heads: str | Path | None = None) -> Evaluation:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
     `split`: None picks test, else val, else train (whichever holds episodes) and says which on stderr.
@@ -438,6 +440,8 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling (genie.ceiling) scored beside
     the LAM (default `data`); `probe_cache`: where trained ceilings are cached (default `<probe_data>/.genie-cache`).
+    `heads`: a `genie heads train` folder, scored on the frame pairs of up to `num_clips` episodes of the split (their
+    last window and one earlier one, tokenised with the model's tokenizer) against the base rates.
     Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
     sampling = SamplingSettings(steps=steps, temperature=temperature, top_k=top_k, guidance=guidance)
     dev = resolve_device(device)
@@ -447,6 +451,11 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     i3d_net = None
     if i3d is not None:  # load first: a bad weights file fails before minutes of evaluation
         i3d_net = load_i3d(i3d)
+    heads_net = None
+    if heads is not None:
+        if "tokenizer" not in stages:
+            raise GenieInputError(f"--heads {heads}: the heads read the tokenizer's tokens, and {p} holds no tokenizer")
+        heads_net = load_heads(heads, tokenizer=stages["tokenizer"])
     state, dev = process_state(dev)  # under torchrun: this process's share of the clips, gathered at the end
     split, note = pick_split(data, split)
     main = state is None or state.is_main_process
@@ -479,6 +488,11 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
         res.fvd = fvd or res.fvd
     elif "dynamics" in stages:
         res.world_model = "not computed: rollouts need the tokenizer and the LAM beside the dynamics model"
+    if heads_net is not None:
+        ex = head_examples(stages["tokenizer"], data, split, max_episodes=num_clips, windows=2, seed=seed)
+        scores = score_heads(to_device(heads_net, dev, str(heads)), ex)
+        res.heads = HeadsResult(heads=str(heads), episodes=min(num_clips, ClipDataset(data, split, 2).num_episodes),
+                                **scores)
     if i3d is not None and not isinstance(res.fvd, FVDResult):
         res.fvd = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
     if bar is not None:

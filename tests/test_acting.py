@@ -3,6 +3,7 @@ CMA-ES on a toy objective and in a stub dream, bad input as one line."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,9 @@ from genie.acting.heads import (
 )
 from genie.acting.plan import PlanSettings, PromptBuffer, all_sequences, plan, trajectory_value
 from genie.core.errors import GenieInputError
+from genie.export import save_export
+from latent_actions.config import LatentActionConfig
+from latent_actions.model import LatentActionModel
 from tests.test_agents import cli, one_error_line
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import VideoTokenizer
@@ -79,6 +83,34 @@ def test_heads_learn_the_recording_and_round_trip(rec, tmp_path):
     assert torch.equal(again(ex.prev[:4], ex.cur[:4]), heads(ex.prev[:4], ex.cur[:4]))
     with pytest.raises(GenieInputError):
         load_heads(tmp_path / "nothing")
+
+
+def test_evaluate_scores_the_heads_on_the_split_it_is_given(rec, tmp_path, capsys):
+    """`genie evaluate --heads`: the same figures as score_heads on that split's frame pairs, in the JSON and the table;
+    heads made for another tokenizer, or a model without one, are one line and exit 2."""
+    root, _ = rec
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig.preset("debug"))
+    tok(torch.rand(2, tok.config.num_frames, 3, 64, 64) * 2 - 1)  # a first training-mode pass initialises the codebook
+    save_export(tok.eval(), tmp_path / "tok", "tokenizer")
+    heads = RewardHeads(HeadsConfig(tok.config.codebook_size, tuple(tok.config.grid), embed=8, channels=16))
+    fit_heads(heads, head_examples(tok, root / "data", "train", windows=2), steps=40, batch=32, lr=1e-2)
+    save_heads(heads, tmp_path / "h", {"note": "test"})
+    code, out, _ = cli(capsys, "evaluate", "--model", tmp_path / "tok", "--data", root / "data", "--split", "val",
+                       "--heads", tmp_path / "h", "--out", tmp_path / "e.json", "--quiet", "--device", "cpu")
+    assert code == 0
+    got = json.loads((tmp_path / "e.json").read_text())["heads"]
+    want = score_heads(heads, head_examples(tok, root / "data", "val", max_episodes=128, windows=2, seed=0))
+    assert got["reward"] == pytest.approx(want["reward"]) and got["end"] == pytest.approx(want["end"])
+    assert got["episodes"] == 2 and got["end"]["positives"] == 2
+    assert "| heads | end: accuracy (majority) / AUC" in out
+    other = RewardHeads(HeadsConfig(tok.config.codebook_size * 2, tuple(tok.config.grid), embed=8, channels=16))
+    save_heads(other, tmp_path / "h2", {"note": "test"})
+    base = ["evaluate", "--data", root / "data", "--out", tmp_path / "e2.json", "--quiet", "--device", "cpu"]
+    assert "tokenizer has" in one_error_line(capsys, *base, "--model", tmp_path / "tok", "--heads", tmp_path / "h2")
+    save_export(LatentActionModel(LatentActionConfig.preset("debug")).eval(), tmp_path / "lam", "lam")
+    assert "holds no tokenizer" in one_error_line(capsys, *base, "--model", tmp_path / "lam", "--heads", tmp_path / "h")
+    assert not (tmp_path / "e2.json").exists()
 
 
 def test_roc_auc():
