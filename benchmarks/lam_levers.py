@@ -22,15 +22,20 @@ from benchmarks.common import save  # noqa: E402
 
 
 def curve(run: Path) -> tuple[list[dict], float | None, int | None]:
-    files = sorted(run.glob("csv/version_*/metrics.csv"))
-    rows = [r for f in files for r in csv.DictReader(f.open())]
-    # each resumed part (a csv version) counts its minutes from 0: the run's minutes are the sum of the parts' last
-    minutes = [sum(max((float(r["train/minutes"]) for r in csv.DictReader(f.open()) if r.get("train/minutes")), default=0.0)
-                   for f in files)] if any(r.get("train/minutes") for r in rows) else []
+    parts = [list(csv.DictReader(f.open())) for f in sorted(run.glob("csv/version_*/metrics.csv"))]
+    # Each resumed part (a csv version) counts its minutes from 0 and starts at its checkpoint's step, so it repeats
+    # the steps that the part before it ran after that checkpoint: a part counts only up to where the next one starts.
+    starts = [min((int(r["step"]) for r in part if r.get("step")), default=0) for part in parts]
+    rows, minutes = [], 0.0
+    for k, part in enumerate(parts):
+        end = starts[k + 1] if k + 1 < len(parts) else float("inf")
+        kept = [r for r in part if r.get("step") and int(r["step"]) < end]
+        rows += kept
+        minutes += max((float(r["train/minutes"]) for r in kept if r.get("train/minutes")), default=0.0)
     steps = [int(r["step"]) for r in rows if r.get("train/minutes")]
     val = [{"step": int(r["step"]), "nmi": round(float(r["val/nmi"]), 4), "psnr_gap": round(float(r["val/psnr_gap"]), 3),
             "perplexity": round(float(r["val/perplexity"]), 2)} for r in rows if r.get("val/nmi")]
-    return val, (max(minutes) if minutes else None), (max(steps) + 1 if steps else None)
+    return val, (minutes if steps else None), (max(steps) + 1 if steps else None)
 
 
 def summary(ev: dict) -> dict:
