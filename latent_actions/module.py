@@ -102,6 +102,10 @@ class LatentActionModule(GenieModule):
             if self._roi is None:
                 warnings.warn("roi_weight is set but the dataset card names no agent_box: training without it",
                               stacklevel=2)
+        if self.model.config.crop_box is not None and agent_box(card or {}, self.model.config.frame_size) is None:
+            warnings.warn(f"crop_box {self.model.config.crop_box} is set but the dataset card names no agent_box: the "
+                          "encoder reads that fixed window of every frame anyway (for videos without a fixed agent "
+                          "position pass --model.config.crop_box null)", stacklevel=2)
         if self.hparams.label_fraction > 0 and self.label_head is None:
             if not card or not card.get("has_actions"):
                 raise GenieInputError("label_fraction > 0 needs training data with true actions (a recorded "

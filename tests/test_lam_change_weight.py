@@ -3,6 +3,8 @@ weights what an action-free decoder branch fails to predict."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -99,6 +101,15 @@ def test_roi_weight_counts_the_agent_box_more_and_needs_a_box():
     with pytest.warns(UserWarning, match="agent_box"):
         unboxed = _with_card(_module(roi_weight=20.0), {})
     torch.testing.assert_close(_loss_parts(unboxed, video)[0], lp)  # no box: trains as without the option
+
+
+def test_a_crop_without_an_agent_box_in_the_card_is_said():
+    cfg = LatentActionConfig.from_dict({**LatentActionConfig.preset("debug").to_dict(), "crop_box": [24, 28, 32, 36]})
+    with pytest.warns(UserWarning, match="crop_box .* no agent_box"):
+        _with_card(LatentActionModule(cfg), {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a card that names the box: nothing to say
+        _with_card(LatentActionModule(cfg), {"agent_box": {"top": 28, "left": 29, "bottom": 36, "right": 36}})
 
 
 def test_label_fraction_trains_a_head_on_a_fixed_share_of_transitions():
