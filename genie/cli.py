@@ -261,10 +261,8 @@ def add_device(q: argparse.ArgumentParser) -> None:
     add_option(q, "--device")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_commands(sub) -> None:
+    """genie data coinrun | import | info."""
     data = sub.add_parser("data", help="record, import and inspect video datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
@@ -317,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print JSON")
     f.set_defaults(func=_cmd_info)
 
+
+def _add_stage_commands(sub) -> None:
+    """genie train, tokenize, export: the stages and their exports."""
     t = sub.add_parser("train", help="train a stage with LightningCLI: genie train STAGE --config YAML [overrides]",
                        description="Train one stage (LightningCLI fit). Any LightningCLI option follows, e.g. "
                                    "--trainer.max_steps 100, --data.data DIR, --ckpt_path last, "
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="export folder")
     x.set_defaults(func=_cmd_export)
 
+
+def _add_world_model_commands(sub) -> None:
+    """genie generate and assemble: a world-model folder and what it makes."""
     g = sub.add_parser("generate", help="generate a clip from a prompt frame and latent actions")
     g.add_argument("--model", required=True, help="world-model folder (genie assemble)")
     g.add_argument("--prompt", required=True, help="prompt image (png/jpg) or video (mp4/...)")
@@ -372,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(m, "--overwrite")
     m.set_defaults(func=_cmd_assemble)
 
+
+def _add_measure_commands(sub) -> None:
+    """genie evaluate, probe, ground: what the models do, measured."""
     e = sub.add_parser("evaluate", help="evaluate the stages a model folder holds (JSON + markdown table)")
     e.add_argument("--model", required=True, help="world-model folder or a single stage export")
     e.add_argument("--data", required=True, help="dataset folder (held-out levels)")
@@ -422,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(gr, "--quiet", "--device")
     gr.set_defaults(func=_cmd_ground)
 
+
+def _add_quickstart_command(sub) -> None:
+    """genie quickstart: the whole pipeline in one command."""
     q = sub.add_parser("quickstart", help="the whole pipeline on CoinRun or on your own videos (--videos DIR), "
                                           "sized for a 2-core machine")
     q.add_argument("--out", default="quickstart", help="folder for data, runs, model, report, samples")
@@ -438,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(q, "--overwrite", "--device")
     q.set_defaults(func=_cmd_quickstart)
 
+
+def _add_play_command(sub) -> None:
+    """genie play: the world model in a local web page."""
     pl = sub.add_parser("play", help="play the world model in a local web page: keys → latent actions")
     pl.add_argument("--model", required=True, help="world-model folder (genie assemble); a keymap.json there names the keys")
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback is reachable "
@@ -463,6 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(pl)
     pl.set_defaults(func=_cmd_play)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genie", description="Learn an action-controllable world model from unlabeled video (after Genie, Bruce et al. 2024).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_stage_commands(sub)
+    _add_world_model_commands(sub)
+    _add_measure_commands(sub)
+    _add_quickstart_command(sub)
+    _add_play_command(sub)
     add_agent_commands(sub, add_option)
     add_acting_commands(sub, add_option)
     return p
