@@ -37,7 +37,11 @@ def curve(run: Path) -> dict:
             "next_frame_accuracy": round(float(r["val/next_frame_accuracy"]), 4),
             "copy_last_accuracy": round(float(r["val/copy_last_accuracy"]), 4)}
            for r in rows if r.get("val/next_frame_accuracy")]
-    return {"train_minutes": max(minutes) if minutes else None, "steps": max(steps) + 1 if steps else None, "val": val}
+    # the export's own step count: the CSV holds only every log_every_n_steps-th step
+    info = run / "export" / "genie_export.json"
+    trained = json.loads(info.read_text()).get("global_step") if info.is_file() else None
+    return {"train_minutes": max(minutes) if minutes else None,
+            "steps": trained if trained is not None else (max(steps) + 1 if steps else None), "val": val}
 
 
 def score(a: argparse.Namespace) -> None:
