@@ -362,7 +362,6 @@ def write_parquet(path: str | os.PathLike) -> list[Path]:
 
     Each shard holds at least `PARQUET_ROWS_PER_SHARD` rows and is cut only where an episode ends.
     """
-    rows_per_shard = PARQUET_ROWS_PER_SHARD
     card = read_card(path)
     out = Path(path) / "parquet"
     out.mkdir(exist_ok=True)
@@ -375,7 +374,7 @@ def write_parquet(path: str | os.PathLike) -> list[Path]:
         boundaries = np.flatnonzero(np.diff(eids)) + 1
         start, i = 0, 0
         while start < len(table):
-            later = boundaries[boundaries >= start + rows_per_shard]
+            later = boundaries[boundaries >= start + PARQUET_ROWS_PER_SHARD]
             stop = int(later[0]) if len(later) else len(table)
             f = out / f"{split}-{i:05d}.parquet"
             pq.write_table(table.slice(start, stop - start), f)

@@ -491,8 +491,8 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     if heads_net is not None:
         ex = head_examples(stages["tokenizer"], data, split, max_episodes=num_clips, windows=2, seed=seed)
         scores = score_heads(to_device(heads_net, dev, str(heads)), ex)
-        res.heads = HeadsResult(heads=str(heads), episodes=min(num_clips, ClipDataset(data, split, 2).num_episodes),
-                                **scores)
+        episodes = read_card(data)["splits"][split]["episodes"]
+        res.heads = HeadsResult(heads=str(heads), episodes=min(num_clips, episodes), **scores)
     if i3d is not None and not isinstance(res.fvd, FVDResult):
         res.fvd = "not computed: FVD compares generated rollouts, which need the tokenizer, the LAM and the dynamics model"
     if bar is not None:
