@@ -91,6 +91,21 @@ class DynamicsModel(nn.Module):
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.constant_(self.copy_gate.bias, math.log(max(self.config.vocab_size - 1, 1)))
 
+    # Options that only add modules: `genie train --init_from` starts a model with them from an export without them
+    ADDITIVE_OPTIONS = ("prev_token_input", "copy_gate", "null_action")
+
+    def load_grown(self, state: dict[str, Tensor]) -> list[str]:
+        """Load the weights of a model that lacks some of ADDITIVE_OPTIONS; returns the names left as initialised.
+        The previous-token embedding starts at zero, so each position's input is the loaded model's; the copy
+        gate keeps its bias (the previous token's logit + log(v - 1)), so fine-tuning starts near copy-last."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        added = ("prev_embed.", "copy_gate.", "null_action")
+        if unexpected or any(not k.startswith(added) for k in missing):
+            raise ValueError(f"not the same model less added options: missing {missing}, unexpected {unexpected}")
+        if self.prev_embed is not None and "prev_embed.weight" in missing:
+            nn.init.zeros_(self.prev_embed.weight)
+        return list(missing)
+
     @property
     def mask_id(self) -> int:
         """Token id of MASK (= vocab_size)."""

@@ -152,20 +152,25 @@ def video_resolution(videos: str | Path, long_side: int = 64, multiple: int = 16
     return (long_side, short) if h > w else (short, long_side) if w > h else (long_side, long_side)
 
 
-def _stage_model(stage: str, config_yaml: Path, image_size: tuple[int, int], grid: tuple[int, int] | None = None):
-    """The plain model of a stage's YAML at `image_size` (dynamics: on the token `grid`), for timing a step."""
+def _stage_model(stage: str, config_yaml: Path, image_size: tuple[int, int], grid: tuple[int, int] | None = None,
+                 card: dict | None = None):
+    """The plain model of a stage's YAML at `image_size` (dynamics: on the token `grid`) for the data with this
+    `card` (which settles the LAM's crop_box "card"), for timing a step."""
     cfg = dict(yaml.safe_load(config_yaml.read_text())["model"]["config"])
     size = {"grid": list(grid)} if STAGES[stage].data == "tokens" else {"image_size": list(image_size)}
-    return stage_class(stage, "model")(stage_class(stage, "config").from_dict({**cfg, **size}))
+    config = stage_class(stage, "config").from_dict({**cfg, **size})
+    if hasattr(config, "with_card"):
+        config = config.with_card(card or {})
+    return stage_class(stage, "model")(config)
 
 
 def step_seconds(stage: str, config_yaml: Path, image_size: tuple[int, int], device: torch.device,
-                 batch_size: int | None = None, grid: tuple[int, int] | None = None) -> float:
+                 batch_size: int | None = None, grid: tuple[int, int] | None = None, card: dict | None = None) -> float:
     """Seconds of one bare training step (forward, backward, AdamW) of a stage on `device`, timed here,
     so the validation interval can follow the number of steps the budget allows."""
     data = yaml.safe_load(config_yaml.read_text())["data"]
     b, t = batch_size or data["batch_size"], data["clip_len"]
-    model = _stage_model(stage, config_yaml, image_size, grid).to(device).train()
+    model = _stage_model(stage, config_yaml, image_size, grid, card).to(device).train()
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, **adamw_kernel(params))  # the optimiser `genie train` builds
     H, W = image_size
@@ -288,7 +293,8 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
             if tiny:  # the debug YAMLs validate every 10 of the 30 steps already
                 return []
             preset_interval = yaml.safe_load(yamls[stage].read_text())["trainer"]["val_check_interval"]
-            every = val_interval(stage_minutes, step_seconds(stage, yamls[stage], size, dev, batch, grid), preset_interval)
+            every = val_interval(stage_minutes, step_seconds(stage, yamls[stage], size, dev, batch, grid, read_card(data)),
+                                 preset_interval)
             print(f"      validating every {every} steps")
             return ["--trainer.val_check_interval", str(every)]
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
 from data_pipelines.datamodule import VideoDataModule
+from data_pipelines.storage import read_card
 from genie.core.errors import GenieInputError
 from genie.core.registry import STAGES, stage_list
 from genie.core.training import COMPILE_DEFAULT, GenieModule
@@ -50,10 +51,16 @@ class InitFromExportCallback(Callback):
         if stage != "fit":
             return
         src = load_export(self.path, pl_module.stage)
-        if src.config != pl_module.model.config:
-            ours, theirs = pl_module.model.config.to_dict(), src.config.to_dict()
-            diff = ", ".join(f"{k} {theirs.get(k)!r} (training: {ours.get(k)!r})" for k in sorted(ours | theirs)
-                             if ours.get(k) != theirs.get(k))
+        ours, theirs = pl_module.model.config.to_dict(), src.config.to_dict()
+        differ = [k for k in sorted(ours | theirs) if ours.get(k) != theirs.get(k)]
+        # options that only add modules (e.g. the dynamics model's copy gate) may be switched on for the fine-tuning
+        added = getattr(pl_module.model, "ADDITIVE_OPTIONS", ())
+        if differ and all(k in added and ours[k] is True and theirs.get(k) is False for k in differ):
+            pl_module.model.load_grown(src.state_dict())
+            print(f"initialised the {pl_module.stage} weights from {self.path}, adding {', '.join(differ)}")
+            return
+        if differ:
+            diff = ", ".join(f"{k} {theirs.get(k)!r} (training: {ours.get(k)!r})" for k in differ)
             raise GenieInputError(f"--init_from {self.path}: its {pl_module.stage} config differs: {diff}")
         pl_module.model.load_state_dict(src.state_dict())
         print(f"initialised the {pl_module.stage} weights from {self.path}")
@@ -131,6 +138,9 @@ class GenieCLI(LightningCLI):
                                  "faster once compiled (benchmarks/results/train_levers_cpu.md)")
 
     def before_instantiate_classes(self) -> None:
+        for_data = getattr(self.model_class, "config_for_data", None)  # options the data's card settles
+        if for_data is not None:
+            for_data(self.config[self.subcommand].model, read_card(self.config[self.subcommand].data.data))
         cfg = self.config[self.subcommand].trainer
         root = cfg.default_root_dir or "runs/default"
         cfg.default_root_dir = root

@@ -49,6 +49,9 @@ class LatentActionModel(nn.Module):
 
     def __init__(self, config: LatentActionConfig) -> None:
         super().__init__()
+        if config.crop_box == "card":
+            raise ValueError('crop_box "card" is settled by the training data: build the model from '
+                             "config.with_card(card) (genie train does this)")
         self.config = config
         c, p, d = config.channels, config.patch_size, config.width
         n = config.tokens_per_frame

@@ -92,6 +92,18 @@ class LatentActionModule(GenieModule):
         self._codes: list[torch.Tensor] = []
         self._true: list[torch.Tensor] = []
 
+    @staticmethod
+    def config_for_data(model, card: dict) -> None:
+        """`genie train`, before the module is built: settle what the training data's card decides (crop_box
+        "card", see `LatentActionConfig.with_card`) in the parsed `model` arguments, and say what was chosen."""
+        args = getattr(model.config, "init_args", model.config)  # jsonargparse: class_path + init_args
+        if getattr(args, "crop_box", None) != "card":
+            return
+        box = LatentActionConfig.from_dict(vars(args)).with_card(card).crop_box
+        args.crop_box = box
+        print(f"crop_box card: {box} (around the data's agent_box)" if box is not None else
+              "crop_box card: off (the data's card names no agent_box)")
+
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return

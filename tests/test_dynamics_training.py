@@ -127,3 +127,34 @@ def test_tokenize_max_episodes_keeps_the_first_episodes_of_each_split(tmp_path):
     assert card["max_episodes_per_split"] == 2
     s = tokenize_dataset(tmp_path / "tok", data, tmp_path / "tokens1", max_episodes={"train": 1}, progress=False)
     assert s["frames"] == 5 + 4  # a dict limits only the splits it names
+
+
+def test_init_from_adds_the_copy_gate_to_a_plain_export(tmp_path):
+    """`--init_from` a plain export into a model with prev_token_input + copy_gate (how the committed dynamics model
+    moves onto the `cpu` recipe): the new model's logits are the export's plus log(v - 1) on each position's
+    previous token, nothing else; dropping an option the export has is still refused."""
+    import math
+
+    from dynamics.model import DynamicsModel
+    from dynamics.module import DynamicsModule
+    from genie.core.errors import GenieInputError
+    from genie.train import InitFromExportCallback
+
+    torch.manual_seed(0)
+    src = DynamicsModel(DynamicsConfig.preset("debug")).eval()
+    save_export(src, tmp_path / "plain", "dynamics")
+    module = DynamicsModule(DynamicsConfig.preset("debug", prev_token_input=True, copy_gate=True))
+    InitFromExportCallback(str(tmp_path / "plain")).setup(None, module, "fit")
+    grown = module.model.eval()
+    tokens = torch.randint(0, 32, (2, 4, 8, 8))
+    actions = torch.randint(0, 8, (2, 3))
+    last = torch.zeros_like(tokens, dtype=torch.bool)
+    last[:, -1] = True
+    inp = tokens.masked_fill(last, src.mask_id)
+    with torch.no_grad():
+        expected = src(inp, actions, where=last)
+        expected[torch.arange(expected.shape[0]), tokens[:, -2].flatten()] += math.log(31)
+        torch.testing.assert_close(grown(inp, actions, where=last), expected)
+    save_export(grown, tmp_path / "gated", "dynamics")
+    with pytest.raises(GenieInputError, match="config differs: copy_gate True"):
+        InitFromExportCallback(str(tmp_path / "gated")).setup(None, DynamicsModule(DynamicsConfig.preset("debug")), "fit")

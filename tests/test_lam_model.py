@@ -436,3 +436,23 @@ def test_train_codes_trains_wide_and_exports_the_playable_vocabulary(tmp_path):
         assert torch.equal(loaded.infer_actions(video), ids)
     with pytest.raises(ValueError, match="train_codes"):
         make_lam(train_codes=4)  # not wider than num_actions 8
+
+
+def test_crop_box_card_is_settled_by_the_dataset_card():
+    """crop_box "card" (the `cpu` preset): the card's agent_box grown by CROP_MARGIN pixels onto the crop_patch grid
+    — CoinRun's box (rows 28-35, columns 29-35) gives the window the issue-23 recipe was measured with — off for
+    a card without a box; an explicit box is kept; an unsettled config builds no model."""
+    from data_pipelines.coinrun import AGENT_BOX
+
+    cfg = LatentActionConfig.preset("cpu")
+    assert cfg.crop_box == "card" and LatentActionConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.with_card({"agent_box": AGENT_BOX}).crop_box == [26, 26, 38, 38]
+    assert cfg.with_card({}).crop_box is None
+    edge = cfg.with_card({"agent_box": {"top": 0, "left": 61, "bottom": 5, "right": 64}}).crop_box
+    assert edge == [0, 58, 8, 64]  # clipped to the frame, still on the 2-pixel grid
+    fixed = LatentActionConfig.preset("cpu", crop_box=[24, 28, 32, 36])
+    assert fixed.with_card({}).crop_box == [24, 28, 32, 36]
+    with pytest.raises(ValueError, match="with_card"):
+        LatentActionModel(cfg)
+    settled = LatentActionModel(cfg.with_card({"agent_box": AGENT_BOX}))
+    assert settled.encoder.num_tokens == settled.config.tokens_per_frame + 36

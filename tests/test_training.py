@@ -69,6 +69,26 @@ def test_fast_dev_run_every_yaml(tmp_path, video64, stage, config):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+@pytest.mark.parametrize("box", [True, False], ids=["agent_box", "no_box"])
+def test_lam_cpu_preset_takes_its_crop_from_the_card(tmp_path, box):
+    """`genie train lam` with the `cpu` preset (crop_box "card"): CoinRun's card gives the measured [26, 26, 38, 38]
+    window, an imported video's card (no agent_box) trains without a crop; the export holds the settled box."""
+    from data_pipelines.coinrun import AGENT_BOX
+
+    data = tmp_path / "d"
+    with DatasetWriter(data, chunk_len=16, card={"num_actions": 15, **({"agent_box": AGENT_BOX} if box else {})}) as w:
+        w.add_episode(coded_episode(0, 8, h=64, w=64), "train")
+        w.add_episode(coded_episode(1, 8, h=64, w=64), "val")
+        w.close()
+    p = run_genie("train", "lam", "--config", ROOT / "configs" / "latent_actions" / "cpu.yaml", "--data.data", data,
+                  "--trainer.default_root_dir", tmp_path / "run", "--trainer.enable_progress_bar", "false",
+                  "--trainer.fast_dev_run", "1", "--data.batch_size", "1", "--data.clip_len", "2", timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    expected = [26, 26, 38, 38] if box else None
+    assert load_export(tmp_path / "run" / "export", "lam").config.crop_box == expected
+    assert ("crop_box card: [26, 26, 38, 38]" if box else "crop_box card: off") in p.stdout
+
+
 def test_train_resume_and_export(tmp_path, video64):
     p = _train(tmp_path, video64, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3")
     assert p.returncode == 0, p.stderr[-3000:]
