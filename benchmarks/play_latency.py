@@ -5,7 +5,7 @@
 
 For each --context and --window-hop it starts `genie play` as a user would (its own process, a free port), opens the
 page in Debian's chromium (Playwright), picks the first --data prompt (or uploads a plain frame), then
-presses the keys 1–8 in turn, `--presses` times, waiting for each frame and 100 ms more (one key at a
+presses the keys 1–8 (or `--keys`) in turn, `--presses` times, waiting for each frame and 100 ms more (one key at a
 time, none queued). The page itself measures each press: performance.now() at keydown to the animation
 frame that paints the new canvas; the frame's header carries the server's model time. Then, with the
 server stopped, it profiles WorldModel.step in this process at the same context: the dynamics model's
@@ -69,7 +69,8 @@ def save_screenshot(page, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
-def browser_run(browser, url: str, presses: int, image_size: int, screenshot: Path | None, shot_after: int) -> dict:
+def browser_run(browser, url: str, presses: int, image_size: int, screenshot: Path | None, shot_after: int,
+                keys: str = "12345678") -> dict:
     page = browser.new_context(bypass_csp=True, viewport={"width": 800, "height": 700}).new_page()
     page.goto(url)
     page.wait_for_function("window.geniePlay && window.geniePlay.ready")
@@ -87,7 +88,7 @@ def browser_run(browser, url: str, presses: int, image_size: int, screenshot: Pa
     page.wait_for_function("window.geniePlay.length === 1")
     for i in range(presses):
         n = page.evaluate("window.geniePlay.steps")
-        page.keyboard.press(str(i % 8 + 1))
+        page.keyboard.press(keys[i % len(keys)])
         page.wait_for_function(f"window.geniePlay.steps > {n}", timeout=60_000)
         page.wait_for_timeout(100)
         if screenshot and i + 1 == min(shot_after, presses):
@@ -155,6 +156,8 @@ def main() -> None:
     ap.add_argument("--profile-reps", type=int, default=10)
     ap.add_argument("--screenshot", default=None, help="save the page during the first context's presses")
     ap.add_argument("--screenshot-after", type=int, default=6, help="presses before the screenshot")
+    ap.add_argument("--keys", default="12345678",
+                    help="keys pressed in turn (1-8: latent actions 0-7), e.g. 44444444 to hold one latent for a screenshot")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--name", default="play_latency")
     a = ap.parse_args()
@@ -180,7 +183,7 @@ def main() -> None:
             proc, url = start_server(model, data, a.steps, context, hop)
             try:
                 r = browser_run(browser, url, a.presses, image_size, Path(a.screenshot) if a.screenshot and i == 0 else None,
-                                a.screenshot_after)
+                                a.screenshot_after, a.keys)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
