@@ -96,12 +96,13 @@ def save_export(model: nn.Module, out: str | os.PathLike, stage: str, extra: dic
     return out
 
 
-def export_module(module, out: str | os.PathLike) -> Path:
-    """Export a stage's LightningModule (`genie.core.training.GenieModule`): its model, stage and global step.
-    A model that trains in a wider form than it plays (the LAM's `train_codes`) exports its `reduced()` form."""
+def export_module(module, out: str | os.PathLike, global_step: int | None = None) -> Path:
+    """Export a stage's LightningModule (`genie.core.training.GenieModule`): its model, stage and global step
+    (the trainer's, or `global_step` for a module rebuilt from a checkpoint). A model that trains in a wider form
+    than it plays (the LAM's `train_codes`) exports its `reduced()` form."""
     model = module.model.reduced() if hasattr(module.model, "reduced") else module.model
-    return save_export(model, out, module.stage,
-                       extra={"global_step": int(module.global_step), "stage": module.stage})
+    step = int(module.global_step if global_step is None else global_step)
+    return save_export(model, out, module.stage, extra={"global_step": step, "stage": module.stage})
 
 
 def load_export(path: str | os.PathLike, stage: str) -> nn.Module:

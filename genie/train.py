@@ -77,7 +77,7 @@ def export_checkpoint(stage: str, ckpt: str | os.PathLike, out: str | os.PathLik
         module.load_state_dict(state["state_dict"])
     except Exception as e:
         raise GenieInputError(f"{ckpt}: not a {stage} checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return export_module(module, out)
+    return export_module(module, out, global_step=int(state.get("global_step", 0)))
 
 
 def run_train(stage: str, args: list[str]) -> None:

@@ -101,6 +101,12 @@ def test_train_resume_and_export(tmp_path, video64):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "export" / "genie_export.json").read_text())["global_step"] == 6
     first = load_export(run / "export", "tokenizer")
+    # `genie export` of last.ckpt: the same weights, and the checkpoint's step (not 0)
+    p = run_genie("export", "tokenizer", "--ckpt", run / "checkpoints" / "last.ckpt", "--out", tmp_path / "from-ckpt")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "from-ckpt" / "genie_export.json").read_text())["global_step"] == 6
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                  load_export(tmp_path / "from-ckpt", "tokenizer").state_dict().values()))
     # resume from last.ckpt: the step count continues from 6, it does not restart; --init_from (here a fresh
     # export) is applied first and then overridden by the checkpoint's weights
     fresh = tmp_path / "fresh"
