@@ -214,6 +214,10 @@ def lam_fingerprint(lam) -> str:
     return h.hexdigest()
 
 
+# pseudo-transitions behind each code's action shares when a real action picks its latent (ActionMap.class_to_code)
+KEY_PRIOR = 5.0
+
+
 @dataclass
 class ActionMap:
     """A fitted latent ↔ real action map for one LAM (written as `action_map.json`)."""
@@ -234,12 +238,18 @@ class ActionMap:
         return dictionary_predict(self.counts, np.arange(self.num_codes))
 
     def class_to_code(self) -> dict[str, int | None]:
-        """Real class name → the latent the map gives most often for that real action (argmax over codes of the
-        labelled counts in that class's column), None for a class never seen labelled."""
+        """Real class name → the latent to press for it: among the codes labelled with that action, the one whose
+        labelled transitions are most often that action (largest P(action | code), smoothed by KEY_PRIOR
+        pseudo-transitions spread as the actions are, so a code labelled once does not win on one count); None for
+        a class never seen labelled. Not the code seen most often beside the action: the LAM's frequent "nothing
+        happens" code would take every rare action (on CoinRun LEFT and DOWN both went to the NOOP code)."""
+        counts = np.asarray(self.counts, dtype=np.float64)  # (codes, classes)
+        prior = counts.sum(0) / max(counts.sum(), 1.0)
+        share = (counts + KEY_PRIOR * prior) / (counts.sum(1, keepdims=True) + KEY_PRIOR)
         out = {}
         for k, name in enumerate(self.class_names):
-            col = self.counts[:, k]
-            out[name] = int(col.argmax()) if col.sum() > 0 else None
+            seen = counts[:, k] > 0
+            out[name] = int(np.where(seen, share[:, k], -1.0).argmax()) if seen.any() else None
         return out
 
     def latent_for(self, name: str) -> int:

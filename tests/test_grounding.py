@@ -137,3 +137,16 @@ def test_ground_bad_input_is_one_line(labelled, tmp_path, capsys):
         from genie.export import load_export
 
         load_action_map(bad, lam=load_export(bad, "lam"))
+
+
+def test_a_real_action_presses_the_code_that_stands_for_it_not_the_most_frequent_one():
+    """class_to_code: a code used everywhere (the LAM's "nothing happens") outnumbers the rare action's own code
+    in that action's column, yet the action's key goes to the code whose transitions are mostly that action; a
+    code labelled once with an action does not win on that single count."""
+    # code 0: frequent, mostly A; code 1: B's own, with one stray C; code 2: never labelled; classes A, B, C
+    codes = np.array([0] * 80 + [0] * 12 + [1] * 10 + [1] * 1 + [0] * 20)
+    labels = np.array([0] * 80 + [1] * 12 + [1] * 10 + [2] * 1 + [2] * 20)
+    fit = Transitions(np.zeros((len(codes), 2), np.float32), codes, labels)
+    amap = fit_action_map(fit, ["A", "B", "C"], 3, len(codes), "x", {})
+    assert amap.counts[0, 1] > amap.counts[1, 1]  # the old rule (most frequent code in B's column) pressed code 0
+    assert amap.class_to_code() == {"A": 0, "B": 1, "C": 0}

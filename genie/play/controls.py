@@ -2,8 +2,8 @@
 
 With the LAM's action map (`genie ground` writes `action_map.json` beside the LAM) the keys mean real actions:
 arrows/WASD the four directions (UP is CoinRun's jump), Space NOOP, Q E Z C the diagonals; each drives the
-latent the map gives most often for that real action (`ActionMap.class_to_code`), and the buttons are labelled
-with the real actions. Without a map, `genie probe`'s keymap.json names the latent actions and the arrows go to
+latent whose labelled transitions are most often that real action (`ActionMap.class_to_code`), and the buttons
+are labelled with the real actions. Without a map, `genie probe`'s keymap.json names the latent actions and the arrows go to
 the latents labelled with a direction; without either, the arrows drive latents 0–3. Digits 1–9 always drive
 latent actions 0–8.
 """
