@@ -70,7 +70,8 @@ def save_screenshot(page, path: Path) -> None:
 
 
 def browser_run(browser, url: str, presses: int, image_size: int, screenshot: Path | None, shot_after: int,
-                keys: str = "12345678") -> dict:
+                keys: list[str] | None = None) -> dict:
+    keys = keys or [str(k) for k in range(1, 9)]
     page = browser.new_context(bypass_csp=True, viewport={"width": 800, "height": 700}).new_page()
     page.goto(url)
     page.wait_for_function("window.geniePlay && window.geniePlay.ready")
@@ -156,8 +157,9 @@ def main() -> None:
     ap.add_argument("--profile-reps", type=int, default=10)
     ap.add_argument("--screenshot", default=None, help="save the page during the first context's presses")
     ap.add_argument("--screenshot-after", type=int, default=6, help="presses before the screenshot")
-    ap.add_argument("--keys", default="12345678",
-                    help="keys pressed in turn (1-8: latent actions 0-7), e.g. 44444444 to hold one latent for a screenshot")
+    ap.add_argument("--keys", nargs="+", default=[str(k) for k in range(1, 9)],
+                    help="keys pressed in turn (1-8: latent actions 0-7; ArrowRight etc. with an action map), "
+                         "e.g. one key to hold it for a screenshot")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--name", default="play_latency")
     a = ap.parse_args()
