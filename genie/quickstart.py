@@ -293,8 +293,10 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 30.0, pretrained
         # and the tokenizer gets the per-clip code-usage entropy term: without it 259 steps on those videos left 23% of
         # its codebook in use on the held-out video (15% in a whole run), with weight 0.3 48% (PSNR 27.6 → 25.7 dB;
         # 0.1: 25%, 1.0: 67%; README, Measured here)
-        guard_args = {"lam": ["--model.config.center_latents", "true"],
-                      "tokenizer": ["--model.config.code_entropy_weight", "0.3"]} if videos is not None else {}
+        guard_args: dict[str, list[str]] = {}
+        if videos is not None:
+            guard_args["lam"] = ["--model.config.center_latents", "true"]
+            guard_args["tokenizer"] = ["--model.config.code_entropy_weight", "0.3"]
 
         # a smoke run: CoinRun's 30 steps; a video folder's 16, validated every 4 (a 4-point curve, < 90 s in all)
         tiny_args = ["--trainer.max_steps", "30"] if videos is None else ["--trainer.max_steps", "16",
