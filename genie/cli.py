@@ -128,7 +128,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     res = evaluate(a.model, a.data, split=a.split, num_clips=a.num_clips, seed=a.seed, steps=a.steps,
                    horizon=a.horizon, temperature=a.temperature, progress=not a.quiet, i3d=a.i3d, device=a.device,
                    probe_data=a.probe_data, probe_cache=a.probe_cache, top_k=a.top_k, guidance=a.guidance,
-                   heads=a.heads)
+                   heads=a.heads, margin_clips=a.margin_clips)
     if not res.main_process:  # under torchrun every process evaluated its share; one writes
         return
     table = markdown_table(res)
@@ -279,6 +279,9 @@ def _add_measure_commands(sub) -> None:
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
     e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
     add_sampling_levers(e)
+    e.add_argument("--margin-clips", type=int, default=32, metavar="N",
+                   help="clips that also get the counterfactual action margin (every latent rolled out at every step: "
+                        "~10x a clip's other cost; 0 skips it)")
     e.add_argument("--i3d", default=None, metavar="FILE",
                    help="local Kinetics-400 I3D weights (.pt state dict in the pytorch-i3d layout, read weights-only, "
                         "or .safetensors) to compute FVD of the rollouts; never downloaded")

@@ -12,6 +12,7 @@ from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import DatasetWriter
 from dynamics.config import DynamicsConfig
 from dynamics.model import DynamicsModel
+from genie.core.errors import GenieInputError
 from genie.core.metrics import MAX_PSNR_DB, action_components, normalized_mutual_info, psnr
 from genie.eval_results import markdown_table
 from genie.evaluate import evaluate, evaluate_tokenizer, linear_probe_accuracy, mean_ci95
@@ -266,6 +267,13 @@ def test_agent_box_figures_and_the_action_margin(world, tmp_path):  # noqa: F811
     assert len(wm["agent_box_rollout_psnr_db"]) == 3 and len(wm["action_margin_db"]) == 3
     assert wm["action_margin_clips"] == 4
     assert wm["agent_box_copy_last_psnr_db"] != wm["copy_last_frame_psnr_db"]  # the crop, not the frame
+    # the margin is drawn last: leaving it out (as quickstart does for most clips) changes no other figure
+    res0 = evaluate(world / "world", data, split="test", num_clips=4, seed=1, steps=2, horizon=3, progress=False,
+                    margin_clips=0).to_dict()["world_model"]
+    assert "action_margin_db" not in res0
+    assert res0 == {k: v for k, v in wm.items() if not k.startswith("action_margin")}
+    with pytest.raises(GenieInputError, match="--margin-clips"):
+        evaluate(world / "world", data, split="test", num_clips=4, margin_clips=-1, progress=False)
     model = WorldModel.from_pretrained(world / "world")
     with torch.no_grad():
         model.dynamics.action_embed.weight.zero_()  # every action now gives the same logits
