@@ -5,13 +5,11 @@
   same figure with shuffled labels;
 - world model: rollout PSNR/SSIM per horizon step from 1 prompt frame with LAM-inferred actions, the
   copy-last-frame baseline, and ΔtPSNR (Genie §3: inferred minus random actions) with a 95% interval;
-  beside them the two references seen through the tokenizer: copy-last in token space (the prompt's tokens
-  repeated, what a copy-only dynamics model shows) and the tokenizer's reconstruction of the true frames (what a
-  perfect dynamics model shows), which split a rollout's gap to copy-last into the dynamics' and the tokenizer's.
+  copy-last in token space and the tokenizer's reconstruction (what a copy-only / a perfect dynamics model shows);
+  the same inside the card's agent box; the counterfactual action margin.
 
-Each stage's figures are computed here once, into its result type (genie.eval_results), which writes them as JSON
-and as rows of the markdown table. Clips are a fixed, seeded subset of the split, so the same seed gives the same
-numbers.
+Each stage's figures are computed here once, into its result type (genie.eval_results: JSON and markdown rows).
+Clips are a fixed, seeded subset of the split, so the same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -440,8 +438,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling (genie.ceiling) scored beside
     the LAM (default `data`); `probe_cache`: where trained ceilings are cached (default `<probe_data>/.genie-cache`).
-    `margin_clips`: how many of the clips also get the counterfactual action margin (`action_margin`): it rolls every
-    latent action out at every step, about 17 s a clip on 2 CPU cores against 1.5 s for the rest of a clip; 0 skips it.
+    `margin_clips`: clips that also get the action margin (`action_margin`, ~10x a clip's other cost); 0 skips it.
     `heads`: a `genie heads train` folder, scored on the frame pairs of up to `num_clips` episodes of the split (their
     last window and one earlier one, tokenised with the model's tokenizer) against the base rates.
     Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
