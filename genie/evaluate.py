@@ -120,9 +120,7 @@ def _batch_generator(device: torch.device, seed: int, index: int) -> torch.Gener
 
 def _gather(state, *lists: list) -> tuple[list, ...]:
     """Per-batch results of every process, in batch order (the shares are contiguous and gathered in rank order)."""
-    if state is None:
-        return lists
-    return tuple(gather_object(list(x)) for x in lists)
+    return lists if state is None else tuple(gather_object(list(x)) for x in lists)
 
 
 # Label budgets of the few-label scores (the dictionary and the linear map on the continuous latent).
@@ -443,7 +441,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     last window and one earlier one, tokenised with the model's tokenizer) against the base rates.
     Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
     sampling = SamplingSettings(steps=steps, temperature=temperature, top_k=top_k, guidance=guidance)
-    if margin_clips < 0:
+    if margin_clips < 0:  # the one check here: the sampling settings check theirs
         raise GenieInputError(f"--margin-clips must be >= 0, got {margin_clips}")
     dev = resolve_device(device)
     p = Path(model_dir)
