@@ -54,8 +54,16 @@ class InitFromExportCallback(Callback):
         ours, theirs = pl_module.model.config.to_dict(), src.config.to_dict()
         differ = [k for k in sorted(ours | theirs) if ours.get(k) != theirs.get(k)]
         # options that only add modules (e.g. the dynamics model's copy gate) may be switched on for the fine-tuning
+        # and depths that only append blocks (e.g. a deeper tokenizer decoder) may grow
         added = getattr(pl_module.model, "ADDITIVE_OPTIONS", ())
-        if differ and all(k in added and ours[k] is True and theirs.get(k) is False for k in differ):
+        deeper = getattr(pl_module.model, "GROWABLE_DEPTHS", ())
+
+        def grows(k: str) -> bool:
+            if k in deeper:
+                return isinstance(theirs.get(k), int) and ours[k] > theirs[k]
+            return k in added and ours[k] is True and theirs.get(k) is False
+
+        if differ and all(grows(k) for k in differ):
             pl_module.model.load_grown(src.state_dict())
             print(f"initialised the {pl_module.stage} weights from {self.path}, adding {', '.join(differ)}")
             return

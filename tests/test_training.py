@@ -148,6 +148,49 @@ def test_init_from_copies_an_exports_weights_and_rejects_another_config(tmp_path
         InitFromExportCallback(str(tmp_path / "src")).setup(None, other, "fit")
 
 
+def test_decoder_only_training_grows_the_decoder_and_keeps_the_tokens(tmp_path):
+    """`--init_from` an export into a deeper decoder with train_decoder_only: the grown model decodes exactly as the
+    export; training moves the decoder and pixel head only, the codebook stays put (eval mode: no EMA), so the
+    token ids of any clip stay bit-identical (a dynamics model trained on them stays valid)."""
+    from genie.train import InitFromExportCallback
+    from tokenizer.module import TokenizerModule
+
+    torch.manual_seed(1)
+    cfg = TokenizerConfig.preset("debug", depth_decoder=2)
+    src = VideoTokenizer(cfg)
+    video = torch.rand(2, 4, 3, *cfg.frame_size) * 2 - 1
+    src(video)  # a trained export's codebook is initialised (k-means on its first batch)
+    save_export(src.eval(), tmp_path / "src", "tokenizer")
+    module = TokenizerModule(TokenizerConfig.preset("debug", depth_decoder=cfg.depth_decoder + 2), lr=1e-2,
+                             train_decoder_only=True)
+    InitFromExportCallback(str(tmp_path / "src")).setup(None, module, "fit")
+    ids = src.encode(video)
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module.model.encode(video), ids)
+        assert torch.allclose(module.model.decode(ids), src.decode(ids), atol=1e-5)  # the new blocks are the identity
+    frozen = {k: v.clone() for k, v in module.model.state_dict().items() if k.split(".")[0] in VideoTokenizer.ENCODER_SIDE}
+    decoder = {k: v.clone() for k, v in module.model.state_dict().items() if k.startswith(("decoder.", "to_pixels."))}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    module.train()
+    assert not module.model.quantizer.training and module.model.decoder.training
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(module.model(video).recon, video)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = module.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())  # codebook, encoder, patch embedding
+    assert not all(torch.equal(state[k], v) for k, v in decoder.items())
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module.model.encode(video), ids)
+    shallower = TokenizerModule(TokenizerConfig.preset("debug", depth_decoder=1))
+    with pytest.raises(GenieInputError, match="depth_decoder 2 \\(training: 1\\)"):  # shrinking is not growing
+        InitFromExportCallback(str(tmp_path / "src")).setup(None, shallower, "fit")
+
+
 def test_two_process_ddp(tmp_path, video64):
     p = _train(tmp_path, video64, "--trainer.max_steps", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "3")

@@ -95,6 +95,26 @@ class VideoTokenizer(nn.Module):
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
 
+    # Options `genie train --init_from` may grow from an export: a deeper decoder. The export's blocks come first and
+    # the new ones, appended before the final norm, start as the identity (their residual projections are zero), so
+    # the grown tokenizer decodes exactly as the export did until training moves it.
+    GROWABLE_DEPTHS = ("depth_decoder",)
+    # What `train_decoder_only` freezes: everything that decides the token ids
+    ENCODER_SIDE = ("stem", "patch_embed", "encoder", "quantizer")
+
+    def load_grown(self, state: dict[str, Tensor]) -> list[str]:
+        """Load an export with fewer decoder blocks; returns the names left as initialised (the new blocks)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("decoder.blocks.") for k in missing):
+            raise ValueError(f"not the same tokenizer less decoder blocks: missing {missing}, unexpected {unexpected}")
+        for i in sorted({int(k.split(".")[2]) for k in missing}):
+            block = self.decoder.blocks[i]
+            for proj in (block.attn_spatial.proj, block.attn_temporal.proj, block.mlp.fc2):
+                nn.init.zeros_(proj.weight)
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
+        return list(missing)
+
     @property
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size

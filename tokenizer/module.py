@@ -38,21 +38,39 @@ class TokenizerModule(GenieModule):
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warmup and cosine
             decay to `min_lr_ratio * lr`.
         image_every_n_val: write a reconstruction grid every n validation runs (0 = never).
+        train_decoder_only: freeze what decides the token ids (conv stem, patch embedding, encoder, codebook: no
+            gradients, and kept in eval mode so the codebook's EMA and dead-code restarts stay off) and train only the
+            decoder and pixel head. With `--init_from` an export (its decoder may grow deeper) the tokens stay
+            bit-identical, so a dynamics model trained on them stays valid while the frames it decodes to improve.
     """
 
     stage = "tokenizer"
 
     def __init__(self, config: TokenizerConfig, lr: float = 3e-4, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 500, min_lr_ratio: float = 0.1,
-                 image_every_n_val: int = 1):
+                 image_every_n_val: int = 1, train_decoder_only: bool = False):
         super().__init__()
         if isinstance(config, dict):
             config = TokenizerConfig.from_dict(config)
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = config.to_dict()
         self.model = VideoTokenizer(config)
+        if train_decoder_only:
+            for name in VideoTokenizer.ENCODER_SIDE:
+                part = getattr(self.model, name)
+                if part is not None:
+                    part.requires_grad_(False)
         self._val_indices: list[torch.Tensor] = []
         self._val_runs = 0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.get("train_decoder_only"):  # the frozen side never trains: no codebook updates either
+            for name in VideoTokenizer.ENCODER_SIDE:
+                part = getattr(self.model, name)
+                if part is not None:
+                    part.eval()
+        return self
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
