@@ -191,6 +191,25 @@ def test_decoder_only_training_grows_the_decoder_and_keeps_the_tokens(tmp_path):
         InitFromExportCallback(str(tmp_path / "src")).setup(None, shallower, "fit")
 
 
+def test_decoder_only_training_through_genie_train_keeps_the_codebook(tmp_path, video64):
+    """The real path (Lightning never calls .train() at fit start and restores each module's mode after validation):
+    `genie train --model.train_decoder_only true` leaves every encoder-side tensor of the export it starts from equal,
+    the codebook's EMA statistics included, and moves the (grown) decoder."""
+    torch.manual_seed(1)
+    src = VideoTokenizer(TokenizerConfig.preset("debug"))
+    src(torch.rand(2, 4, 3, 64, 64) * 2 - 1)  # an initialised codebook, as a trained export has
+    save_export(src.eval(), tmp_path / "src", "tokenizer")
+    p = _train(tmp_path, video64, "--init_from", tmp_path / "src", "--model.train_decoder_only", "true",
+               "--model.config.depth_decoder", "2", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = load_export(tmp_path / "run" / "export", "tokenizer").state_dict()
+    theirs = src.state_dict()
+    side = [k for k in theirs if k.split(".")[0] in VideoTokenizer.ENCODER_SIDE]
+    assert any("_codebook.embed_avg" in k for k in side)
+    assert [k for k in side if not torch.equal(out[k], theirs[k])] == []
+    assert not torch.equal(out["to_pixels.weight"], theirs["to_pixels.weight"])
+
+
 def test_two_process_ddp(tmp_path, video64):
     p = _train(tmp_path, video64, "--trainer.max_steps", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "3")

@@ -58,8 +58,8 @@ class TokenizerModule(GenieModule):
         if train_decoder_only:
             for name in VideoTokenizer.ENCODER_SIDE:
                 part = getattr(self.model, name)
-                if part is not None:
-                    part.requires_grad_(False)
+                if part is not None:  # eval now: Lightning never calls .train() at fit start, it keeps each module's mode
+                    part.requires_grad_(False).eval()
         self._val_indices: list[torch.Tensor] = []
         self._val_runs = 0
 
