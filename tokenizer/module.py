@@ -55,22 +55,22 @@ class TokenizerModule(GenieModule):
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = config.to_dict()
         self.model = VideoTokenizer(config)
-        if train_decoder_only:
-            for name in VideoTokenizer.ENCODER_SIDE:
-                part = getattr(self.model, name)
-                if part is not None:  # eval now: Lightning never calls .train() at fit start, it keeps each module's mode
-                    part.requires_grad_(False).eval()
+        for part in self._frozen_parts():  # eval now: Lightning never calls .train() at fit start, it keeps each mode
+            part.requires_grad_(False).eval()
         self._val_indices: list[torch.Tensor] = []
         self._val_runs = 0
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.hparams.get("train_decoder_only"):  # the frozen side never trains: no codebook updates either
-            for name in VideoTokenizer.ENCODER_SIDE:
-                part = getattr(self.model, name)
-                if part is not None:
-                    part.eval()
+        for part in self._frozen_parts():  # the frozen side never trains: no codebook updates either
+            part.eval()
         return self
+
+    def _frozen_parts(self) -> list[torch.nn.Module]:
+        """With train_decoder_only, the modules that decide the token ids (VideoTokenizer.ENCODER_SIDE); else none."""
+        if not self.hparams.get("train_decoder_only"):
+            return []
+        return [p for p in (getattr(self.model, n) for n in VideoTokenizer.ENCODER_SIDE) if p is not None]
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
