@@ -70,8 +70,15 @@ def _parse_real_actions(text: str) -> list[str]:
 def add_sampling_levers(p: argparse.ArgumentParser) -> None:
     """--top-k and --guidance (genie.sampling.SamplingSettings checks them)."""
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only (default: all)")
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w: logits = cond + "
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w: logits = cond + "
                    "w·(cond − uncond); needs a dynamics model trained with a null action (default 0: off)")
+
+
+def sampling_from_args(a: argparse.Namespace, base):
+    """`base` (a genie.sampling.SamplingSettings: the command's defaults, kept in one place) with the sampling options
+    the user gave; an option left out (None) keeps base's value."""
+    return base.override(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
+                         top_k=a.top_k, guidance=a.guidance)
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:
@@ -85,8 +92,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     from genie.world_model import WorldModel
 
     out = check_output_path(a.out)
-    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
-                                top_k=a.top_k, guidance=a.guidance)
+    settings = sampling_from_args(a, SamplingSettings())
     names = _parse_real_actions(a.real_actions) if a.real_actions is not None else None
     actions = _parse_actions(a.actions) if names is None else None
     dev = resolve_device(a.device)
@@ -174,11 +180,9 @@ def _cmd_quickstart(a: argparse.Namespace) -> None:
 
 
 def _cmd_play(a: argparse.Namespace) -> None:
-    from genie.play import serve
-    from genie.sampling import SamplingSettings
+    from genie.play import PLAY_SETTINGS, serve
 
-    settings = SamplingSettings(steps=a.steps, temperature=a.temperature, context=a.context, window_hop=a.window_hop,
-                                top_k=a.top_k, guidance=a.guidance)
+    settings = sampling_from_args(a, PLAY_SETTINGS)
     serve(a.model, settings=settings, host=a.host, port=a.port, device=a.device, data=a.data, split=a.split,
           keymap=a.keymap, seed=a.seed, idle_timeout=a.idle_timeout, warmup=a.warmup)
 
@@ -188,6 +192,8 @@ SHARED_OPTIONS = {
     "--device": dict(default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N"),  # architecture §5
     "--seed": dict(type=int, default=0, help="same seed → same output"),
     "--steps": dict(type=int, default=25, help="MaskGIT steps per generated frame"),
+    # None: the command's SamplingSettings default (genie.sampling; genie play's PLAY_SETTINGS), set in one place
+    "--temperature": dict(type=float, default=None, help="MaskGIT sampling temperature, 0 (greedy)..10 (default: 1)"),
     "--split": dict(default=None, choices=list(SPLITS),
                     help="split of --data (default: test, else val, else train; said on stderr)"),
     "--overwrite": dict(action="store_true", help="replace --out if it exists and is not empty"),
@@ -246,12 +252,11 @@ def _add_world_model_commands(sub) -> None:
                        "for it")
     g.add_argument("--out", required=True, help="output .mp4 or .gif")
     add_option(g, "--steps", help="MaskGIT steps per frame")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    add_option(g, "--seed", help="same seed → same frames")
+    add_option(g, "--temperature", "--seed")
     add_sampling_levers(g)
     g.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per frame "
                                                              "(default: its whole window)")
-    g.add_argument("--window-hop", type=int, default=1, help="frames the full context drops at once (1: Genie's "
+    g.add_argument("--window-hop", type=int, default=None, help="frames the full context drops at once (1: Genie's "
                                                              "sliding window; genie play uses 4)")
     g.add_argument("--fps", type=int, default=10)
     g.add_argument("--scale", type=int, default=1, help="integer upscaling of the written frames")
@@ -277,7 +282,7 @@ def _add_measure_commands(sub) -> None:
     e.add_argument("--num-clips", type=int, default=128)
     add_option(e, "--seed", "--steps")
     e.add_argument("--horizon", type=int, default=10, help="rollout length from 1 prompt frame")
-    e.add_argument("--temperature", type=float, default=1.0, help="MaskGIT sampling temperature (0 = greedy)")
+    add_option(e, "--temperature")
     add_sampling_levers(e)
     e.add_argument("--margin-clips", type=int, default=32, metavar="N",
                    help="clips that also get the counterfactual action margin (every latent rolled out at every step: "
@@ -349,8 +354,8 @@ def _add_play_command(sub) -> None:
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback is reachable "
                                                         "from other machines: a warning is printed)")
     pl.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
-    add_option(pl, "--steps", default=8, help="MaskGIT steps per frame (the page can change it)")
-    pl.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    add_option(pl, "--steps", default=None, help="MaskGIT steps per frame (default: 8; the page can change it)")
+    add_option(pl, "--temperature")
     add_sampling_levers(pl)
     pl.add_argument("--context", type=int, default=None, help="past frames the dynamics model sees per step "
                                                               "(default: its whole window; fewer is faster)")

@@ -423,15 +423,15 @@ def _load_stages(p: Path) -> dict:
 
 
 def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, num_clips: int = 128, seed: int = 0,
-             steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float = 1.0,
+             steps: int = 25, horizon: int = 10, delta_t: int = 4, temperature: float | None = None,
              progress: bool = True, i3d: str | Path | None = None, device: str | torch.device = "auto",
              probe_data: str | Path | None = None, probe_cache: str | Path | None = None, top_k: int | None = None,
-             guidance: float = 0.0, heads: str | Path | None = None, margin_clips: int = 32) -> Evaluation:
+             guidance: float | None = None, heads: str | Path | None = None, margin_clips: int = 32) -> Evaluation:
     """Evaluate the stages found in `model_dir`: a world-model folder, or a single stage export.
 
     `split`: None picks test, else val, else train (whichever holds episodes) and says which on stderr.
     `steps`, `temperature`, `top_k`, `guidance`: how rollouts sample (genie.sampling.SamplingSettings, checked before
-    anything loads).
+    anything loads; None: its default).
     `i3d`: a local I3D weights file (see genie.fvd); with it and all three stages, FVD is computed.
     `device`: 'auto' | 'cpu' | 'cuda[:N]'; the same seed gives the same figures on a given device.
     `probe_data`: the dataset whose labelled train split trains the supervised ceiling (genie.ceiling) scored beside
@@ -440,7 +440,7 @@ def evaluate(model_dir: str | Path, data: str | Path, split: str | None = None, 
     `heads`: a `genie heads train` folder, scored on the frame pairs of up to `num_clips` episodes of the split (their
     last window and one earlier one, tokenised with the model's tokenizer) against the base rates.
     Returns the result; its `to_dict()` is the JSON `genie evaluate` writes."""
-    sampling = SamplingSettings(steps=steps, temperature=temperature, top_k=top_k, guidance=guidance)
+    sampling = SamplingSettings.from_args(steps=steps, temperature=temperature, top_k=top_k, guidance=guidance)
     if margin_clips < 0:  # the one check here: the sampling settings check theirs
         raise GenieInputError(f"--margin-clips must be >= 0, got {margin_clips}")
     dev = resolve_device(device)

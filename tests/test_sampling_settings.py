@@ -92,3 +92,21 @@ def test_generate_play_and_the_world_model_give_the_same_message(world, tmp_path
         wm.generate(torch.zeros(1, 3, 64, 64), [1], steps=0)
     with pytest.raises(GenieInputError, match="action id 8 is outside the latent action vocabulary 0..7"):
         wm.check_actions([0, 8])
+
+
+def test_each_command_takes_its_sampling_defaults_from_one_place():
+    """genie generate and evaluate sample with SamplingSettings' defaults, genie play with PLAY_SETTINGS: an option
+    left out keeps that default (the parser holds none of its own), an option given changes only itself."""
+    from genie.cli import build_parser, sampling_from_args
+    from genie.play import PLAY_SETTINGS
+
+    parser = build_parser()
+    gen = ["generate", "--model", "m", "--prompt", "p.png", "--actions", "1", "--out", "o.gif"]
+    play = ["play", "--model", "m"]
+    assert sampling_from_args(parser.parse_args(gen), SamplingSettings()) == SamplingSettings()
+    assert sampling_from_args(parser.parse_args(play), PLAY_SETTINGS) == PLAY_SETTINGS
+    assert PLAY_SETTINGS != SamplingSettings()  # play's own defaults (8 steps, the window hop of AUTO) survive
+    hot = sampling_from_args(parser.parse_args(play + ["--temperature", "0.5", "--top-k", "8"]), PLAY_SETTINGS)
+    assert hot == dataclasses.replace(PLAY_SETTINGS, temperature=0.5, top_k=8)
+    ev = parser.parse_args(["evaluate", "--model", "m", "--data", "d", "--out", "o.json"])
+    assert ev.temperature is None and ev.guidance is None  # evaluate() takes SamplingSettings' own
