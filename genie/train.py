@@ -54,9 +54,9 @@ class InitFromExportCallback(Callback):
         ours, theirs = pl_module.model.config.to_dict(), src.config.to_dict()
         differ = [k for k in sorted(ours | theirs) if ours.get(k) != theirs.get(k)]
         # options that only add modules (e.g. the dynamics model's copy gate) may be switched on for the fine-tuning
-        # and depths that only append blocks (e.g. a deeper tokenizer decoder) may grow
+        # and sizes that only add to the decoder side (a deeper tokenizer decoder, a conv refinement head) may grow
         added = getattr(pl_module.model, "ADDITIVE_OPTIONS", ())
-        deeper = getattr(pl_module.model, "GROWABLE_DEPTHS", ())
+        deeper = getattr(pl_module.model, "GROWABLE_SIZES", ())
 
         def grows(k: str) -> bool:
             if k in deeper:
@@ -64,7 +64,10 @@ class InitFromExportCallback(Callback):
             return k in added and ours[k] is True and theirs.get(k) is False
 
         if differ and all(grows(k) for k in differ):
-            pl_module.model.load_grown(src.state_dict())
+            try:
+                pl_module.model.load_grown(src.state_dict())
+            except ValueError as e:
+                raise GenieInputError(f"--init_from {self.path}: {e}") from None
             print(f"initialised the {pl_module.stage} weights from {self.path}, adding {', '.join(differ)}")
             return
         if differ:

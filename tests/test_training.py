@@ -191,6 +191,45 @@ def test_decoder_only_training_grows_the_decoder_and_keeps_the_tokens(tmp_path):
         InitFromExportCallback(str(tmp_path / "src")).setup(None, shallower, "fit")
 
 
+def test_a_refinement_head_grows_onto_an_export_without_one(tmp_path):
+    """`--init_from` an export with no conv head (refine_channels 0) into one with refine_channels 8 and no stem: the
+    grown model encodes and decodes exactly as the export (the pixel head keeps its rows, the refinement's last conv is
+    zero); decoder-only training then moves the refinement and keeps the tokens; growing a head onto one fails."""
+    from genie.train import InitFromExportCallback
+    from tokenizer.module import TokenizerModule
+
+    torch.manual_seed(3)
+    cfg = TokenizerConfig.preset("debug")
+    src = VideoTokenizer(cfg)
+    video = torch.rand(2, 4, 3, *cfg.frame_size) * 2 - 1
+    src(video)
+    save_export(src.eval(), tmp_path / "src", "tokenizer")
+    module = TokenizerModule(TokenizerConfig.preset("debug", refine_channels=8), lr=1e-2, train_decoder_only=True)
+    assert module.model.stem is None and module.model.refine is not None
+    InitFromExportCallback(str(tmp_path / "src")).setup(None, module, "fit")
+    ids = src.encode(video)
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module.model.encode(video), ids)
+        torch.testing.assert_close(module.model.decode(ids), src.decode(ids))
+    refine = {k: v.clone() for k, v in module.model.refine.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    module.train()
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(module.model(video).recon, video)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not all(torch.equal(module.model.refine.state_dict()[k], v) for k, v in refine.items())
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module.model.encode(video), ids)
+    save_export(module.model, tmp_path / "headed", "tokenizer")
+    wider = TokenizerModule(TokenizerConfig.preset("debug", refine_channels=16))
+    with pytest.raises(GenieInputError, match="only onto a tokenizer without one"):
+        InitFromExportCallback(str(tmp_path / "headed")).setup(None, wider, "fit")
+
+
 def test_decoder_only_training_through_genie_train_keeps_the_codebook(tmp_path, video64):
     """The real path (Lightning never calls .train() at fit start and restores each module's mode after validation):
     `genie train --model.train_decoder_only true` leaves every encoder-side tensor of the export it starts from equal,

@@ -53,8 +53,14 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
     # convolution with k channels before patchifying and a residual 3x3 conv refinement (k hidden
     # channels) after unpatchifying, so pixels see across patch borders; per frame, so still causal.
     conv_channels: int = 0
+    # Hidden channels of the residual conv refinement after the pixel head alone; None = conv_channels. Set without a
+    # stem (conv_channels 0) it changes only the decoder side, so `genie train --init_from` an export with
+    # `--model.train_decoder_only true` may grow one onto a tokenizer whose tokens a dynamics model already uses.
+    refine_channels: int | None = None
 
     def __post_init__(self) -> None:
+        if self.refine_channels is None:
+            self.refine_channels = self.conv_channels
         self.fsq_levels = tuple(int(level) for level in self.fsq_levels)
         check_positive_ints(self, "channels", "patch_size", "width", "depth_encoder", "depth_decoder", "num_heads",
                             "codebook_size", "code_dim", "num_frames", "kmeans_iters")
@@ -65,6 +71,7 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         check_at_least(self, "codebook_size", 2)
         check_at_least(self, "conv_channels", 0)
+        check_at_least(self, "refine_channels", 0)
         if not self.fsq_levels or any(level < 3 for level in self.fsq_levels):
             # vector-quantize-pytorch's FSQ rejects 2 levels unless symmetry-preserving rounding is on.
             raise ValueError(f"fsq_levels must be a non-empty list of integers >= 3, got {list(self.fsq_levels)}")

@@ -3,8 +3,8 @@
 Frames are cut into p x p patches, an ST-transformer encoder (causal in time) maps them to one
 discrete token per patch, and an ST-transformer decoder (also causal in time) maps tokens back to
 pixels. With `conv_channels` k > 0 a per-frame 3x3 conv stem (k channels) precedes the patches and a
-residual 3x3 conv refinement follows the pixel head, so pixels see across patch borders (per frame, so
-causality is kept). Causality in both halves means the tokens and reconstruction of frame t depend only on
+residual 3x3 conv refinement (`refine_channels`, k unless set) follows the pixel head, so pixels see across patch
+borders (per frame, so causality is kept). Causality in both halves means the tokens and reconstruction of frame t depend only on
 frames <= t, which generation relies on (Genie §2.1, Fig. 5).
 
 Shape legend: b batch, t frames, c channels, H W pixels, p patch size, h w token grid,
@@ -76,11 +76,12 @@ class VideoTokenizer(nn.Module):
             dropout=config.dropout,
             causal=True,
         )
-        # With conv_channels k the head also emits k feature maps per pixel that a residual conv
+        # With refine_channels r the head also emits r feature maps per pixel that a residual conv
         # refinement (zero-initialised, so training starts from the plain linear head) reads.
-        self.to_pixels = nn.Linear(d, p * p * (c + k))
-        self.refine = nn.Sequential(nn.Conv2d(c + k, k, 3, padding=1), nn.GELU(),
-                                    nn.Conv2d(k, c, 3, padding=1)) if k else None
+        r = config.refine_channels
+        self.to_pixels = nn.Linear(d, p * p * (c + r))
+        self.refine = nn.Sequential(nn.Conv2d(c + r, r, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(r, c, 3, padding=1)) if r else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -95,19 +96,30 @@ class VideoTokenizer(nn.Module):
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
 
-    # Options `genie train --init_from` may grow from an export: a deeper decoder. The export's blocks come first and
-    # the new ones, appended before the final norm, start as the identity (their residual projections are zero), so
-    # the grown tokenizer decodes exactly as the export did until training moves it.
-    GROWABLE_DEPTHS = ("depth_decoder",)
+    # Sizes `genie train --init_from` may grow from an export, all on the decoder side: a deeper decoder (the export's
+    # blocks come first and the new ones, appended before the final norm, start as the identity: their residual
+    # projections are zero) and a conv refinement head on an export without one (the pixel head keeps its rows, the
+    # new feature rows feed a refinement whose last conv is zero), so the grown tokenizer decodes exactly as the
+    # export did until training moves it.
+    GROWABLE_SIZES = ("depth_decoder", "refine_channels")
     # What `train_decoder_only` freezes: everything that decides the token ids
     ENCODER_SIDE = ("stem", "patch_embed", "encoder", "quantizer")
 
     def load_grown(self, state: dict[str, Tensor]) -> list[str]:
-        """Load an export with fewer decoder blocks; returns the names left as initialised (the new blocks)."""
+        """Load an export with fewer decoder blocks or no refinement head; returns the names left as initialised."""
+        state = dict(state)
+        c, pp, r = self.config.channels, self.config.patch_size ** 2, self.config.refine_channels
+        if r and state["to_pixels.bias"].shape[0] != pp * (c + r):
+            if state["to_pixels.bias"].shape[0] != pp * c:
+                raise ValueError("a refinement head grows only onto a tokenizer without one (refine_channels 0)")
+            for name in ("to_pixels.weight", "to_pixels.bias"):  # rows are (p1 p2 channel): keep the pixel channels'
+                grown = self.state_dict()[name].clone()
+                grown.view(pp, c + r, -1)[:, :c] = state[name].view(pp, c, -1)
+                state[name] = grown
         missing, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("decoder.blocks.") for k in missing):
+        if unexpected or any(not k.startswith(("decoder.blocks.", "refine.")) for k in missing):
             raise ValueError(f"not the same tokenizer less decoder blocks: missing {missing}, unexpected {unexpected}")
-        for i in sorted({int(k.split(".")[2]) for k in missing}):
+        for i in sorted({int(k.split(".")[2]) for k in missing if k.startswith("decoder.")}):
             block = self.decoder.blocks[i]
             for proj in (block.attn_spatial.proj, block.attn_temporal.proj, block.mlp.fc2):
                 nn.init.zeros_(proj.weight)
