@@ -96,7 +96,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         fsq_levels=(8, 4),
         num_frames=4,
     ),
-    # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes but conv_channels 0.
+    # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes but conv_channels 0 (no stem),
+    # depth_decoder 4 and refine_channels 32 (grown onto it by decoder-only training).
     "cpu": dict(
         patch_size=4,
         width=128,
