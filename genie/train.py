@@ -56,10 +56,10 @@ class InitFromExportCallback(Callback):
         # options that only add modules (e.g. the dynamics model's copy gate) may be switched on for the fine-tuning
         # and sizes that only add to the decoder side (a deeper tokenizer decoder, a conv refinement head) may grow
         added = getattr(pl_module.model, "ADDITIVE_OPTIONS", ())
-        deeper = getattr(pl_module.model, "GROWABLE_SIZES", ())
+        growable = getattr(pl_module.model, "GROWABLE_SIZES", ())
 
         def grows(k: str) -> bool:
-            if k in deeper:
+            if k in growable:
                 return isinstance(theirs.get(k), int) and ours[k] > theirs[k]
             return k in added and ours[k] is True and theirs.get(k) is False
 

@@ -50,8 +50,8 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
     # > 0: a batch code-usage entropy term in the loss (genie.nn.quantizer.VectorQuantizer.usage_penalty), vq only
     code_entropy_weight: float = 0.0
     # 0 = plain linear patch embedding and pixel head (the paper's ViT). k > 0 adds a per-frame 3x3
-    # convolution with k channels before patchifying and a residual 3x3 conv refinement (k hidden
-    # channels) after unpatchifying, so pixels see across patch borders; per frame, so still causal.
+    # convolution with k channels before patchifying and a residual 3x3 conv refinement (refine_channels hidden
+    # channels, k unless set) after unpatchifying, so pixels see across patch borders; per frame, so still causal.
     conv_channels: int = 0
     # Hidden channels of the residual conv refinement after the pixel head alone; None = conv_channels. Set without a
     # stem (conv_channels 0) it changes only the decoder side, so `genie train --init_from` an export with

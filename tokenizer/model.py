@@ -118,7 +118,7 @@ class VideoTokenizer(nn.Module):
                 state[name] = grown
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("decoder.blocks.", "refine.")) for k in missing):
-            raise ValueError(f"not the same tokenizer less decoder blocks: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"not the same tokenizer less decoder blocks or refinement head: missing {missing}, unexpected {unexpected}")
         for i in sorted({int(k.split(".")[2]) for k in missing if k.startswith("decoder.")}):
             block = self.decoder.blocks[i]
             for proj in (block.attn_spatial.proj, block.attn_temporal.proj, block.mlp.fc2):
