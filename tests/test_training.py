@@ -228,6 +228,24 @@ def test_a_refinement_head_grows_onto_an_export_without_one(tmp_path):
     wider = TokenizerModule(TokenizerConfig.preset("debug", refine_channels=16))
     with pytest.raises(GenieInputError, match="only onto a tokenizer without one"):
         InitFromExportCallback(str(tmp_path / "headed")).setup(None, wider, "fit")
+    # refinement blocks grow onto the headed export: each new block starts as the identity, then trains
+    deeper = TokenizerModule(TokenizerConfig.preset("debug", refine_channels=8, refine_depth=2), lr=1e-2,
+                             train_decoder_only=True)
+    InitFromExportCallback(str(tmp_path / "headed")).setup(None, deeper, "fit")
+    deeper.eval()
+    with torch.no_grad():
+        assert torch.equal(deeper.model.encode(video), ids)
+        torch.testing.assert_close(deeper.model.decode(ids), module.model.decode(ids))
+    opt = torch.optim.AdamW([p for p in deeper.parameters() if p.requires_grad], lr=1e-2)
+    deeper.train()
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(deeper.model(video).recon, video)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.count_nonzero(block[-1].weight) > 0 for block in deeper.model.refine_blocks)
+    with pytest.raises(ValueError, match="refine_depth 1 needs a refinement head"):
+        TokenizerConfig.preset("debug", refine_depth=1)
 
 
 def test_decoder_only_training_through_genie_train_keeps_the_codebook(tmp_path, video64):

@@ -57,6 +57,9 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
     # stem (conv_channels 0) it changes only the decoder side, so `genie train --init_from` an export with
     # `--model.train_decoder_only true` may grow one onto a tokenizer whose tokens a dynamics model already uses.
     refine_channels: int | None = None
+    # Residual blocks (two 3x3 convs each) inside that refinement; each widens a pixel's view by 4 pixels a side.
+    # Growable like refine_channels: new blocks start as the identity, so decoder-only training may add them.
+    refine_depth: int = 0
 
     def __post_init__(self) -> None:
         if self.refine_channels is None:
@@ -72,6 +75,9 @@ class TokenizerConfig(PatchGridConfig, StageConfig):
         check_at_least(self, "codebook_size", 2)
         check_at_least(self, "conv_channels", 0)
         check_at_least(self, "refine_channels", 0)
+        check_at_least(self, "refine_depth", 0)
+        if self.refine_depth and not self.refine_channels:
+            raise ValueError(f"refine_depth {self.refine_depth} needs a refinement head: set refine_channels (or conv_channels) > 0")
         if not self.fsq_levels or any(level < 3 for level in self.fsq_levels):
             # vector-quantize-pytorch's FSQ rejects 2 levels unless symmetry-preserving rounding is on.
             raise ValueError(f"fsq_levels must be a non-empty list of integers >= 3, got {list(self.fsq_levels)}")

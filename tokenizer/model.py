@@ -82,6 +82,10 @@ class VideoTokenizer(nn.Module):
         self.to_pixels = nn.Linear(d, p * p * (c + r))
         self.refine = nn.Sequential(nn.Conv2d(c + r, r, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(r, c, 3, padding=1)) if r else None
+        # refine_depth residual blocks between the refinement's two convs widen what a pixel sees (5x5 -> 5+4k square)
+        self.refine_blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(r, r, 3, padding=1), nn.GELU(), nn.Conv2d(r, r, 3, padding=1))
+            for _ in range(config.refine_depth if r else 0))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -95,30 +99,35 @@ class VideoTokenizer(nn.Module):
         if self.refine is not None:
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
+        for block in self.refine_blocks:  # each residual block starts as the identity
+            nn.init.zeros_(block[-1].weight)
+            nn.init.zeros_(block[-1].bias)
 
     # Sizes `genie train --init_from` may grow from an export, all on the decoder side: a deeper decoder (the export's
     # blocks come first and the new ones, appended before the final norm, start as the identity: their residual
-    # projections are zero) and a conv refinement head on an export without one (the pixel head keeps its rows, the
-    # new feature rows feed a refinement whose last conv is zero), so the grown tokenizer decodes exactly as the
-    # export did until training moves it.
-    GROWABLE_SIZES = ("depth_decoder", "refine_channels")
+    # projections are zero), a conv refinement head on an export without one (the pixel head keeps its rows, the
+    # new feature rows feed a refinement whose last conv is zero) and more residual blocks in that refinement (each
+    # new one starts as the identity), so the grown tokenizer decodes exactly as the export did until training moves it.
+    GROWABLE_SIZES = ("depth_decoder", "refine_channels", "refine_depth")
     # What `train_decoder_only` freezes: everything that decides the token ids
     ENCODER_SIDE = ("stem", "patch_embed", "encoder", "quantizer")
 
     def load_grown(self, state: dict[str, Tensor]) -> list[str]:
-        """Load an export with fewer decoder blocks or no refinement head; returns the names left as initialised."""
+        """Load an export with fewer decoder blocks, refinement blocks or no refinement head; returns the names left
+        as initialised."""
         state = dict(state)
         c, pp, r = self.config.channels, self.config.patch_size ** 2, self.config.refine_channels
         if r and state["to_pixels.bias"].shape[0] != pp * (c + r):
-            if state["to_pixels.bias"].shape[0] != pp * c:
+            if state["to_pixels.bias"].shape[0] != pp * c or any(k.startswith("refine.") for k in state):
                 raise ValueError("a refinement head grows only onto a tokenizer without one (refine_channels 0)")
             for name in ("to_pixels.weight", "to_pixels.bias"):  # rows are (p1 p2 channel): keep the pixel channels'
                 grown = self.state_dict()[name].clone()
                 grown.view(pp, c + r, -1)[:, :c] = state[name].view(pp, c, -1)
                 state[name] = grown
         missing, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(("decoder.blocks.", "refine.")) for k in missing):
-            raise ValueError(f"not the same tokenizer less decoder blocks or refinement head: missing {missing}, unexpected {unexpected}")
+        if unexpected or any(not k.startswith(("decoder.blocks.", "refine.", "refine_blocks.")) for k in missing):
+            raise ValueError("not the same tokenizer less decoder blocks or refinement: "
+                             f"missing {missing}, unexpected {unexpected}")
         for i in sorted({int(k.split(".")[2]) for k in missing if k.startswith("decoder.")}):
             block = self.decoder.blocks[i]
             for proj in (block.attn_spatial.proj, block.attn_temporal.proj, block.mlp.fc2):
@@ -179,7 +188,10 @@ class VideoTokenizer(nn.Module):
             # unpatchified channels-last ((b t) H W c in memory, seen as (b t) c H W) for the conv head, as in _encode
             flat = rearrange(self.to_pixels(x), "b t (h w) (p1 p2 c) -> (b t) (h p1) (w p2) c", h=h, p1=p, p2=p)
             flat = rearrange(flat, "B H W c -> B c H W")
-            pixels = rearrange(flat[:, :c] + self.refine(flat), "(b t) c H W -> b t c H W", b=b)
+            feat = self.refine[1](self.refine[0](flat))
+            for block in self.refine_blocks:
+                feat = feat + block(feat)
+            pixels = rearrange(flat[:, :c] + self.refine[2](feat), "(b t) c H W -> b t c H W", b=b)
         return pixels
 
     def forward(self, video: Tensor) -> TokenizerOutput:
