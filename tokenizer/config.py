@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=4,
     ),
     # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes but conv_channels 0 (no stem),
-    # depth_decoder 4 and refine_channels 32 (grown onto it by decoder-only training).
+    # depth_decoder 4, refine_channels 32 and refine_depth 2 (grown onto it by decoder-only training).
     "cpu": dict(
         patch_size=4,
         width=128,
