@@ -148,6 +148,17 @@ def test_init_from_copies_an_exports_weights_and_rejects_another_config(tmp_path
         InitFromExportCallback(str(tmp_path / "src")).setup(None, other, "fit")
 
 
+def _fit_reconstruction(module, video, steps: int = 3) -> None:
+    """A few AdamW steps of the reconstruction loss on what the module leaves trainable, in train mode."""
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    module.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(module.model(video).recon, video)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_decoder_only_training_grows_the_decoder_and_keeps_the_tokens(tmp_path):
     """`--init_from` an export into a deeper decoder with train_decoder_only: the grown model decodes exactly as the
     export; training moves the decoder and pixel head only, the codebook stays put (eval mode: no EMA), so the
@@ -171,15 +182,9 @@ def test_decoder_only_training_grows_the_decoder_and_keeps_the_tokens(tmp_path):
         assert torch.allclose(module.model.decode(ids), src.decode(ids), atol=1e-5)  # the new blocks are the identity
     frozen = {k: v.clone() for k, v in module.model.state_dict().items() if k.split(".")[0] in VideoTokenizer.ENCODER_SIDE}
     decoder = {k: v.clone() for k, v in module.model.state_dict().items() if k.startswith(("decoder.", "to_pixels."))}
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-2)
     module.train()
     assert not module.model.quantizer.training and module.model.decoder.training
-    for _ in range(3):
-        loss = torch.nn.functional.mse_loss(module.model(video).recon, video)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_reconstruction(module, video)
     state = module.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # codebook, encoder, patch embedding
     assert not all(torch.equal(state[k], v) for k, v in decoder.items())
@@ -213,13 +218,7 @@ def test_a_refinement_head_grows_onto_an_export_without_one(tmp_path):
         assert torch.equal(module.model.encode(video), ids)
         torch.testing.assert_close(module.model.decode(ids), src.decode(ids))
     refine = {k: v.clone() for k, v in module.model.refine.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    module.train()
-    for _ in range(3):
-        loss = torch.nn.functional.mse_loss(module.model(video).recon, video)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_reconstruction(module, video)
     assert not all(torch.equal(module.model.refine.state_dict()[k], v) for k, v in refine.items())
     module.eval()
     with torch.no_grad():
@@ -236,13 +235,7 @@ def test_a_refinement_head_grows_onto_an_export_without_one(tmp_path):
     with torch.no_grad():
         assert torch.equal(deeper.model.encode(video), ids)
         torch.testing.assert_close(deeper.model.decode(ids), module.model.decode(ids))
-    opt = torch.optim.AdamW([p for p in deeper.parameters() if p.requires_grad], lr=1e-2)
-    deeper.train()
-    for _ in range(3):
-        loss = torch.nn.functional.mse_loss(deeper.model(video).recon, video)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_reconstruction(deeper, video)
     assert all(torch.count_nonzero(block[-1].weight) > 0 for block in deeper.model.refine_blocks)
     with pytest.raises(ValueError, match="refine_depth 1 needs a refinement head"):
         TokenizerConfig.preset("debug", refine_depth=1)

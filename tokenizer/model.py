@@ -118,7 +118,7 @@ class VideoTokenizer(nn.Module):
         state = dict(state)
         c, pp, r = self.config.channels, self.config.patch_size ** 2, self.config.refine_channels
         if r and state["to_pixels.bias"].shape[0] != pp * (c + r):
-            if state["to_pixels.bias"].shape[0] != pp * c or any(k.startswith("refine.") for k in state):
+            if state["to_pixels.bias"].shape[0] != pp * c:
                 raise ValueError("a refinement head grows only onto a tokenizer without one (refine_channels 0)")
             for name in ("to_pixels.weight", "to_pixels.bias"):  # rows are (p1 p2 channel): keep the pixel channels'
                 grown = self.state_dict()[name].clone()
