@@ -260,6 +260,33 @@ def test_decoder_only_training_through_genie_train_keeps_the_codebook(tmp_path, 
     assert not torch.equal(out["to_pixels.weight"], theirs["to_pixels.weight"])
 
 
+def test_freeze_codebook_trains_the_encoder_around_a_fixed_codebook(tmp_path, video64):
+    """`genie train --model.freeze_codebook true` from an export: the encoder and decoder move, the codebook (its
+    vectors and EMA statistics: no EMA step, no dead-code restart) stays the export's, so a code id keeps its vector;
+    the commitment loss still reaches the encoder. FSQ, which has no learned codebook, is refused."""
+    from tokenizer.module import TokenizerModule
+
+    torch.manual_seed(1)
+    src = VideoTokenizer(TokenizerConfig.preset("debug"))
+    src(torch.rand(2, 4, 3, 64, 64) * 2 - 1)
+    save_export(src.eval(), tmp_path / "src", "tokenizer")
+    p = _train(tmp_path, video64, "--init_from", tmp_path / "src", "--model.freeze_codebook", "true",
+               "--trainer.max_steps", "4", "--trainer.val_check_interval", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out, theirs = load_export(tmp_path / "run" / "export", "tokenizer").state_dict(), src.state_dict()
+    book = [k for k in theirs if "._codebook." in k]
+    assert any(k.endswith("embed_avg") for k in book) and any(k.endswith("cluster_size") for k in book)
+    assert [k for k in book if not torch.equal(out[k], theirs[k])] == []
+    for moved in ("patch_embed.weight", "quantizer.project_in.weight", "to_pixels.weight"):
+        assert not torch.equal(out[moved], theirs[moved]), moved
+    module = TokenizerModule(TokenizerConfig.preset("debug"), freeze_codebook=True).train()
+    video = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    module.model(video)  # the k-means init
+    assert module.model(video).quant_loss > 0  # the commitment loss, though the codebook stays put
+    with pytest.raises(ValueError, match="freeze_codebook needs quantizer 'vq'"):
+        TokenizerModule(TokenizerConfig.preset("debug", quantizer="fsq", codebook_size=32), freeze_codebook=True)
+
+
 def test_two_process_ddp(tmp_path, video64):
     p = _train(tmp_path, video64, "--trainer.max_steps", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "3")

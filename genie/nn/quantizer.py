@@ -97,6 +97,11 @@ class VectorQuantizer(nn.Module):
         """(K, c) unit-norm code vectors, before the projection back to width d."""
         return self.vq.codebook
 
+    def freeze_codebook(self) -> None:
+        """From now on train mode leaves the codebook as it is (no EMA update, no dead-code restart; the k-means
+        init still runs once on an uninitialised one); the commitment loss and straight-through gradient stay."""
+        self.vq.freeze_codebook = True
+
     def forward(self, x: Tensor) -> QuantizerOutput:
         """x: (..., d) -> QuantizerOutput with quantized (..., d) and indices (...)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
