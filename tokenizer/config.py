@@ -103,7 +103,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_frames=4,
     ),
     # For training on 2 CPU cores; the committed pretrained/ tokenizer has these sizes but conv_channels 0 (no stem),
-    # depth_decoder 4, refine_channels 32 and refine_depth 2 (grown onto it by decoder-only training).
+    # depth_decoder 4, refine_channels 32 and refine_depth 2 (grown onto it by decoder-only training; its encoder then
+    # trained on around the frozen codebook).
     "cpu": dict(
         patch_size=4,
         width=128,
