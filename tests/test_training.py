@@ -283,8 +283,10 @@ def test_freeze_codebook_trains_the_encoder_around_a_fixed_codebook(tmp_path, vi
     video = torch.rand(2, 4, 3, 64, 64) * 2 - 1
     module.model(video)  # the k-means init
     assert module.model(video).quant_loss > 0  # the commitment loss, though the codebook stays put
-    with pytest.raises(ValueError, match="freeze_codebook needs quantizer 'vq'"):
-        TokenizerModule(TokenizerConfig.preset("debug", quantizer="fsq", codebook_size=32), freeze_codebook=True)
+    bad = _train(tmp_path / "fsq", video64, "--model.config.quantizer", "fsq", "--model.config.codebook_size", "32",
+                 "--model.freeze_codebook", "true", "--trainer.max_steps", "1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert "model.freeze_codebook needs quantizer 'vq'" in bad.stderr
 
 
 def test_two_process_ddp(tmp_path, video64):

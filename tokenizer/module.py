@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 
+from genie.core.errors import GenieInputError
 from genie.core.frames import to_uint8
 from genie.core.metrics import psnr, ssim
 from genie.core.training import GenieModule
@@ -62,7 +63,7 @@ class TokenizerModule(GenieModule):
         self.model = VideoTokenizer(config)
         if freeze_codebook:
             if config.quantizer != "vq":
-                raise ValueError(f"freeze_codebook needs quantizer 'vq' (a learned codebook), got {config.quantizer!r}")
+                raise GenieInputError(f"model.freeze_codebook needs quantizer 'vq' (a learned codebook), got {config.quantizer!r}")
             self.model.quantizer.freeze_codebook()
         for part in self._frozen_parts():  # eval now: Lightning never calls .train() at fit start, it keeps each mode
             part.requires_grad_(False).eval()
