@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from data_pipelines.clips import ClipDataset
 from data_pipelines.storage import pick_split
@@ -78,9 +79,10 @@ def _load(model_dir: str | Path, dev: torch.device):
 @torch.no_grad()
 def write_atlas(model_dir: str | Path, data: str | Path, out: str | Path, *, prompts: int = 4, repeat: int = 4,
                 split: str | None = None, steps: int = 25, seed: int = 0, num_clips: int = 64, scale: int = 2,
-                device: str | torch.device = "auto") -> dict:
+                device: str | torch.device = "auto", progress: bool = True) -> dict:
     """Write the atlas of the model in `model_dir` on `data` to the folder `out` (the files above, and probe.json
-    with what was written); returns probe.json's content. `split` None: test, else val, else train (said on stderr)."""
+    with what was written); returns probe.json's content. `split` None: test, else val, else train (said on stderr).
+    `progress`: a bar on stderr over the rollouts, then over the clips whose actions are inferred."""
     dev = resolve_device(device)
     wm, lam = _load(model_dir, dev)
     split, note = pick_split(data, split)
@@ -97,7 +99,8 @@ def write_atlas(model_dir: str | Path, data: str | Path, out: str | Path, *, pro
     first = torch.stack([ds[i % len(ds)]["video"][0] for i in range(prompts)])  # (p, c, H, W)
     A = lam.num_actions
     rollouts = []  # per action: (p, repeat + 1, c, H, W)
-    for a in range(A):
+    for a in tqdm(range(A), unit="action", desc=f"rolling out {prompts} prompts × {repeat} steps", dynamic_ncols=True,
+                  disable=not progress):
         if wm is not None:
             rollouts.append(wm.generate(first[:, None], [a] * repeat, steps=steps, seed=seed))
         else:
@@ -117,7 +120,8 @@ def write_atlas(model_dir: str | Path, data: str | Path, out: str | Path, *, pro
     confusion_html = "<p>The data has no true actions: no confusion matrix or keymap.</p>"
     if ds.has_actions:
         codes, true = [], []
-        for i in range(len(ds)):
+        for i in tqdm(range(len(ds)), unit="clip", desc="inferring latent actions", dynamic_ncols=True,
+                      disable=not progress):
             item = ds[i]
             codes.append(lam.infer_actions(item["video"][None].to(dev))[0].cpu())
             true.append(item["actions"])

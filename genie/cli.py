@@ -148,7 +148,7 @@ def _cmd_probe(a: argparse.Namespace) -> None:
     from genie.action_atlas import write_atlas
 
     res = write_atlas(a.model, a.data, a.out, prompts=a.prompts, repeat=a.repeat, split=a.split, steps=a.steps,
-                      seed=a.seed, device=a.device)
+                      seed=a.seed, device=a.device, progress=not a.quiet)
     print(f"wrote {len(res['files'])} files to {a.out} (open {a.out}/index.html)")
     if "keymap" in res:
         print("suggested keymap: " + ", ".join(f"{k}→{v}" for k, v in res["keymap"].items()))
@@ -308,7 +308,7 @@ def _add_measure_commands(sub) -> None:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--prompts", type=int, default=4)
     pr.add_argument("--repeat", type=int, default=4, help="times each action is repeated")
-    add_option(pr, "--split", "--steps", "--seed", "--device")
+    add_option(pr, "--split", "--steps", "--seed", "--quiet", "--device")
     pr.set_defaults(func=_cmd_probe)
 
     gr = sub.add_parser("ground", help="fit the latent → real action map (action_map.json) from N labelled transitions")

@@ -140,6 +140,7 @@ def test_probe_writes_its_files(world, tmp_path):  # noqa: F811
     assert conf["accuracy"] == round(counts.max(1).sum() / counts.sum(), 4) and conf["transitions"] == counts.sum()
     assert conf["majority_accuracy"] == round(counts.sum(0).max() / counts.sum(), 4) <= conf["accuracy"]
     assert "keymap accuracy" in p.stdout
+    assert "rolling out 2 prompts" in p.stderr and "inferring latent actions" in p.stderr  # the progress bars
 
 
 def test_a_rollout_shorter_than_delta_t_reports_delta_at_its_last_step(world, tmp_path):  # noqa: F811
@@ -179,9 +180,10 @@ def test_probe_on_a_lam_export_alone(world, tmp_path):  # noqa: F811
             w.add_episode(coded_episode(e, 8, h=64, w=64), "train")
         w.close()
     p = run_genie("probe", "--model", world / "lam", "--data", data, "--out", tmp_path / "probe", "--prompts", "2",
-                  "--repeat", "3")
+                  "--repeat", "3", "--quiet")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "has no test or val split, using train" in p.stderr
+    assert "rolling out" not in p.stderr and "inferring" not in p.stderr  # --quiet: no bar
     res = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert res["rollouts"].startswith("LAM decoder") and res["split"] == "train" and res["num_actions"] == 8
     conf = json.loads((tmp_path / "probe" / "confusion.json").read_text())  # the LAM alone infers the codes
